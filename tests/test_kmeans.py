@@ -216,3 +216,15 @@ def test_result_type_and_errors():
         weighted_kmeans(torch.randn(4, 2), 2, order_by_time=True)
     with pytest.raises(ValueError, match="iters"):
         weighted_kmeans(torch.randn(4, 2), 2, iters=0)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_is_deterministic():
+    x = _clustered(500, 64, 20, seed=6)
+    w = torch.rand(500) + 0.5
+    cpu = weighted_kmeans(x, 20, w, seed=1)
+    first = weighted_kmeans(x.cuda(), 20, w.cuda(), seed=1)
+    second = weighted_kmeans(x.cuda(), 20, w.cuda(), seed=1)
+    assert torch.equal(first.centroids, second.centroids) and torch.equal(first.labels, second.labels)
+    assert first.labels.cpu().tolist() == cpu.labels.tolist()
+    torch.testing.assert_close(first.centroids.cpu(), cpu.centroids, atol=1e-4, rtol=1e-4)

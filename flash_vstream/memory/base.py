@@ -3,7 +3,8 @@
 A memory turns per-frame vision features into a fixed-size set of visual tokens. It is used two ways:
 
 - offline, ``compress(features, times)`` over a whole clip (what the released checkpoints were trained with);
-- streaming, ``init_state`` -> ``update(state, features, times)`` (any number of new frames) -> ``read(state)``.
+- streaming, ``init_state`` -> ``update(state, features, times)`` (any number of new frames)
+  -> ``read(state)``.
 
 State is an explicit object returned by ``update``; a memory never mutates hidden attributes in ``forward``.
 The GPU part of a state has a fixed size however many frames were seen; retrieval banks have a configured cap.
