@@ -1,0 +1,66 @@
+"""Model inputs of the STAR family: frames or features plus a question -> kwargs for ``generate``/``forward``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from flash_vstream.inference.prompts import build_star_inputs
+
+
+class StarInputBuilder:
+    """Build STAR-family inputs: CLIP preprocessing, the conversation template and placeholder expansion.
+
+    Args:
+        model: a ``FlashVStreamForCausalLM`` (its memory gives the visual-token count).
+        tokenizer: the model's tokenizer.
+        processor: a ``CLIPFrameProcessor`` matching the vision tower.
+    """
+
+    def __init__(self, model, tokenizer, processor):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+
+    def __call__(
+        self,
+        question: str,
+        *,
+        frames: np.ndarray | None = None,
+        features: torch.Tensor | None = None,
+        assistant_prefix: str = "",
+        answer: str | None = None,
+    ) -> dict[str, Any]:
+        """Inputs for one sample (batch dim 1).
+
+        Args:
+            question: the user's question.
+            frames: uint8 ``(t, H, W, 3)`` frames (or one ``(H, W, 3)`` image).
+            features: ``(t, n, d)`` pre-extracted CLIP features instead of frames.
+            assistant_prefix: forced start of the reply.
+            answer: supervised answer (adds ``labels``).
+        """
+        if (frames is None) == (features is None):
+            raise ValueError("pass exactly one of frames= or features=")
+        config = self.model.config
+        if frames is not None:
+            visual = {"pixel_values": [self.processor(frames)]}
+            num_frames = visual["pixel_values"][0].shape[0]
+        else:
+            visual = {"features": [features]}
+            num_frames = features.shape[0]
+        inputs = build_star_inputs(
+            self.tokenizer,
+            config.conv_template,
+            question,
+            self.model.memory.num_tokens(num_frames),
+            config.image_token_id,
+            answer=answer,
+            assistant_prefix=assistant_prefix,
+        )
+        return {**inputs, **visual}
+
+    def count_visual_tokens(self, inputs: dict[str, Any]) -> int:
+        return int((inputs["input_ids"] == self.model.config.image_token_id).sum())

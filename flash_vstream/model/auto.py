@@ -1,0 +1,47 @@
+"""Registration of the STAR family with transformers' Auto classes.
+
+After ``import flash_vstream``, ``AutoModelForCausalLM.from_pretrained(dir)`` loads both the project's own STAR
+checkpoints and released Flash-VStream-7b directories.
+
+Registration is the public transformers API (``AutoConfig.register`` / ``AutoModelForCausalLM.register``), not a
+patch; it is idempotent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from flash_vstream.config import FlashVStreamConfig, VStreamLegacyConfig
+
+
+class ReleasedFlashVStreamLoader:
+    """Auto-class entry for ``model_type="vstream"``.
+
+    Converts the released layout and returns a strictly loaded ``FlashVStreamForCausalLM``; it is a loader, not a
+    model class of its own.
+    """
+
+    config_class = VStreamLegacyConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, dtype=None, torch_dtype=None, **kwargs):
+        import torch
+
+        from flash_vstream.inference.pipeline import resolve_checkpoint
+        from flash_vstream.model.checkpoints import load_star_model
+
+        dtype = dtype or torch_dtype or torch.float32
+        if isinstance(dtype, str):
+            dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
+        return load_star_model(Path(resolve_checkpoint(pretrained_model_name_or_path)), dtype=dtype)
+
+
+def register_auto_classes() -> None:
+    from flash_vstream.model.modeling import FlashVStreamForCausalLM
+
+    AutoConfig.register("flash_vstream", FlashVStreamConfig, exist_ok=True)
+    AutoConfig.register("vstream", VStreamLegacyConfig, exist_ok=True)
+    AutoModelForCausalLM.register(FlashVStreamConfig, FlashVStreamForCausalLM, exist_ok=True)
+    AutoModelForCausalLM.register(VStreamLegacyConfig, ReleasedFlashVStreamLoader, exist_ok=True)

@@ -1,0 +1,184 @@
+"""Strict loading of STAR-family checkpoints: the released Flash-VStream-7b layout and this project's own format.
+
+Released layout (``model_type: "vstream"``, flat LLaMA config, sharded ``.bin`` or safetensors) keys map onto this
+project's module tree through one explicit table (:data:`RELEASED_KEY_MAP`). Loading fails on any missing or
+unexpected key and names them. The only keys dropped on purpose are listed in :data:`DERIVED_KEYS` (buffers that old
+transformers versions saved but that are recomputed from the config).
+
+The project's own format is what ``save_pretrained`` writes (``model_type: "flash_vstream"``); it reloads
+bit-identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from flash_vstream.config import FlashVStreamConfig, VStreamLegacyConfig, config_from_legacy
+
+# (released prefix, our prefix). Prefix rules only: transformers' ``key_mapping`` applies them while it streams the
+# shards, each released key matches at most one rule, and the inverse (for writing the layout) is exact.
+RELEASED_PREFIXES: list[tuple[str, str]] = [
+    # transformers 5.x CLIPVisionModel has no ``vision_model`` level: its keys start at ``embeddings.``/``encoder.``.
+    ("model.vision_tower.vision_tower.vision_model.", "vision_tower.clip."),
+    ("model.mm_projector.", "projector."),
+    ("model.attention_model.", "memory.attention."),
+    ("model.layers.", "language_model.model.layers."),
+    ("model.embed_tokens.", "language_model.model.embed_tokens."),
+    ("model.norm.", "language_model.model.norm."),
+    ("lm_head.", "language_model.lm_head."),
+]
+RELEASED_KEY_MAP: dict[str, str] = {"^" + re.escape(theirs): ours for theirs, ours in RELEASED_PREFIXES}
+# Saved by transformers 4.31-era LLaMA but derived from the config (rotary frequencies): never weights.
+DERIVED_KEYS = re.compile(r"\.rotary_emb\.inv_freq$")
+VISION_PREFIX = "vision_tower.clip."
+
+
+class CheckpointLayoutError(ValueError):
+    """A checkpoint's keys don't match the layout its config declares."""
+
+
+def map_released_key(key: str) -> str:
+    """Our parameter name for a released-layout key (unchanged when no rule matches, so it shows as unexpected)."""
+    return _swap_prefix(key, [(theirs, ours) for theirs, ours in RELEASED_PREFIXES])
+
+
+def to_released_key(key: str) -> str:
+    """The released-layout name of one of our parameters (inverse of :func:`map_released_key`)."""
+    return _swap_prefix(key, [(ours, theirs) for theirs, ours in RELEASED_PREFIXES])
+
+
+def _swap_prefix(key: str, rules: list[tuple[str, str]]) -> str:
+    for old, new in rules:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return key
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read every tensor of a checkpoint directory: single or sharded safetensors, or single or sharded ``.bin``.
+
+    ``.bin`` files load with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: when the directory holds no weights file.
+    """
+    for index_name, loader in (
+        ("model.safetensors.index.json", load_file),
+        ("pytorch_model.bin.index.json", _load_bin),
+    ):
+        index = path / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(loader(str(path / shard)))
+            return state
+    for single, loader in (("model.safetensors", load_file), ("pytorch_model.bin", _load_bin)):
+        if (path / single).is_file():
+            return loader(str(path / single))
+    raise FileNotFoundError(
+        f"{path} holds no weights (expected model.safetensors[.index.json] or pytorch_model.bin[.index.json])"
+    )
+
+
+def _load_bin(file: str) -> dict[str, torch.Tensor]:
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _strict_load(config: FlashVStreamConfig, path: Path, dtype: torch.dtype, key_mapping: dict | None):
+    """``from_pretrained`` with every missing/unexpected key turned into an error (CLIP may come separately)."""
+    from flash_vstream.model.modeling import FlashVStreamForCausalLM
+
+    try:
+        with _quiet_load_report():
+            model, info = FlashVStreamForCausalLM.from_pretrained(
+                path, config=config, dtype=dtype, key_mapping=key_mapping, output_loading_info=True
+            )
+    except RuntimeError as err:  # transformers raises RuntimeError on shape mismatches
+        raise CheckpointLayoutError(f"checkpoint {path} has tensors of the wrong shape for its config: {err}") from err
+    missing, unexpected = set(info["missing_keys"]), set(info["unexpected_keys"])
+    unexpected = {k for k in unexpected if not DERIVED_KEYS.search(k)}
+    clip_missing = bool(missing) and all(k.startswith(VISION_PREFIX) for k in missing)
+    if clip_missing and not unexpected:
+        _load_clip_from_tower(model, config)
+    elif missing or unexpected:
+        if key_mapping is not None:  # name unexpected keys as they are stored in the checkpoint
+            unexpected = {to_released_key(k) for k in unexpected}
+        raise CheckpointLayoutError(_describe_mismatch(path, missing, unexpected))
+    return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """Drop transformers' load-report warning while our strict load runs.
+
+    We raise a clearer error instead. A filter, not a level change: the logger's level gates other checks.
+    """
+    report_logger = logging.getLogger("transformers.modeling_utils")
+
+    def not_a_load_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    report_logger.addFilter(not_a_load_report)
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(not_a_load_report)
+
+
+def _describe_mismatch(path: Path, missing: set[str], unexpected: set[str]) -> str:
+    lines = [f"checkpoint {path} does not match the model its config declares:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {', '.join(sorted(missing)[:20])}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(sorted(unexpected)[:20])}")
+    lines.append("Use a checkpoint saved by flash-vstream or one in the released Flash-VStream-7b layout.")
+    return "\n".join(lines)
+
+
+def _load_clip_from_tower(model, config: FlashVStreamConfig) -> None:
+    """Fill the vision tower from ``vision_tower_name`` (``mm_vision_tower`` of released configs), strictly."""
+    from transformers import CLIPVisionModel
+
+    name = config.vision_tower_name
+    if not name:
+        raise CheckpointLayoutError("checkpoint holds no vision-tower weights and its config names no vision tower")
+    clip = CLIPVisionModel.from_pretrained(name, dtype=model.dtype)
+    model.vision_tower.clip.load_state_dict(clip.state_dict(), strict=True)
+
+
+def load_star_checkpoint(path: Path, *, device: torch.device, dtype: torch.dtype):
+    """Load a STAR-family checkpoint directory into a ready :class:`~flash_vstream.inference.pipeline.FlashVStream`.
+
+    Handles ``model_type`` ``"vstream"`` (released layout, converted) and ``"flash_vstream"`` (own format).
+    """
+    from flash_vstream.inference.pipeline import FlashVStream
+    from flash_vstream.inference.star_inputs import StarInputBuilder
+    from flash_vstream.video import FrameSampler
+    from flash_vstream.vision.clip import CLIPFrameProcessor
+
+    model = load_star_model(path, dtype=dtype).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = model.config
+    processor = CLIPFrameProcessor.from_vision_config(config.vision_config, aspect=config.image_aspect_ratio)
+    builder = StarInputBuilder(model, tokenizer, processor)
+    # The released model saw 1-fps video; cap the frame count so very long files stay cheap to decode.
+    sampler = FrameSampler(policy="fps", target_fps=1.0, min_frames=1, max_frames=14400)
+    return FlashVStream(model, tokenizer, builder, sampler, builder.count_visual_tokens)
+
+
+def load_star_model(path: Path, *, dtype: torch.dtype = torch.float32):
+    """Load just the ``FlashVStreamForCausalLM`` from a released-layout or own-format directory, strictly."""
+    config_dict = json.loads((path / "config.json").read_text())
+    if config_dict["model_type"] == "vstream":
+        config = config_from_legacy(VStreamLegacyConfig.from_dict(config_dict), checkpoint_dir=path)
+        return _strict_load(config, path, dtype, key_mapping=RELEASED_KEY_MAP)
+    return _strict_load(FlashVStreamConfig.from_dict(config_dict), path, dtype, key_mapping=None)

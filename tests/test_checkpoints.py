@@ -1,0 +1,131 @@
+"""Strict loading of the released Flash-VStream-7b layout and the project's own format."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+import flash_vstream  # noqa: F401  (registers the Auto classes)
+from flash_vstream.inference.pipeline import load_model
+from flash_vstream.model.checkpoints import (
+    CheckpointLayoutError,
+    load_star_model,
+    map_released_key,
+    read_state_dict,
+)
+from flash_vstream.model.modeling import FlashVStreamForCausalLM
+from flash_vstream.model.tiny import make_tiny_star
+
+
+@pytest.mark.parametrize("weights_format", ["safetensors", "bin"])
+def test_released_layout_loads_strictly_and_exactly(tmp_path, weights_format):
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", weights_format=weights_format, seed=1)
+    stem = "model" if weights_format == "safetensors" else "pytorch_model"
+    index = json.loads((tmp_path / f"{stem}.{weights_format}.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 2, "the test should exercise several shards"
+    released = read_state_dict(tmp_path)
+    assert any(k.startswith("model.vision_tower.vision_tower.vision_model.") for k in released)
+    assert "model.mm_projector.2.weight" in released and "model.attention_model.out_ln.bias" in released
+    model = load_star_model(tmp_path)
+    ours = model.state_dict()
+    assert set(ours) == {map_released_key(k) for k in released}
+    for key, tensor in released.items():
+        assert torch.equal(ours[map_released_key(key)], tensor), key
+
+
+def test_released_config_fields_are_converted(tmp_path):
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=1)
+    flat = json.loads((tmp_path / "config.json").read_text())
+    assert flat["model_type"] == "vstream" and flat["mm_projector_type"] == "mlp2x_gelu"
+    model = load_star_model(tmp_path)
+    cfg = model.config
+    assert cfg.text_config.model_type == "llama"
+    assert cfg.text_config.hidden_size == flat["hidden_size"]
+    assert cfg.vision_feature_layer == -2 and cfg.image_aspect_ratio == "pad"
+    assert model.memory.num_tokens(100) == 681
+
+
+def test_clip_weights_come_from_mm_vision_tower_when_absent(tmp_path):
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", include_vision=False, seed=3)
+    assert not any("vision_tower" in k for k in read_state_dict(tmp_path))
+    model = load_star_model(tmp_path)
+    from transformers import CLIPVisionModel
+
+    clip = CLIPVisionModel.from_pretrained(tmp_path / "clip")
+    for key, tensor in clip.state_dict().items():
+        assert torch.equal(model.vision_tower.clip.state_dict()[key], tensor), key
+
+
+def _rename_key(directory, old, new):
+    index_file = directory / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    shard = directory / index["weight_map"][old]
+    state = load_file(str(shard))
+    state[new] = state.pop(old)
+    save_file(state, str(shard), metadata={"format": "pt"})
+    index["weight_map"][new] = index["weight_map"].pop(old)
+    index_file.write_text(json.dumps(index))
+
+
+def test_renamed_key_fails_naming_it(tmp_path):
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=1)
+    _rename_key(tmp_path, "model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.upp_proj.weight")
+    with pytest.raises(CheckpointLayoutError) as err:
+        load_star_model(tmp_path)
+    assert "language_model.model.layers.1.mlp.up_proj.weight" in str(err.value)
+    assert "model.layers.1.mlp.upp_proj.weight" in str(err.value)
+
+
+def test_unexpected_extra_key_fails(tmp_path):
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=1)
+    _rename_key(tmp_path, "model.attention_model.v_proj.bias", "model.attention_model.extra.bias")
+    with pytest.raises(CheckpointLayoutError) as err:
+        load_star_model(tmp_path)
+    assert "unexpected keys (1): model.attention_model.extra.bias" in str(err.value)
+    assert "missing keys (1): memory.attention.v_proj.bias" in str(err.value)
+
+
+@pytest.mark.parametrize("variant", ["star-vicuna", "star-qwen2"])
+def test_own_format_round_trips_bit_identically(tmp_path, variant):
+    make_tiny_star(tmp_path / "a", variant, seed=4)
+    first = load_star_model(tmp_path / "a")
+    first.save_pretrained(tmp_path / "b")
+    second = load_star_model(tmp_path / "b")
+    assert set(first.state_dict()) == set(second.state_dict())
+    for key, tensor in first.state_dict().items():
+        assert torch.equal(second.state_dict()[key], tensor), key
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["model_type"] == "flash_vstream"
+
+
+def test_released_layout_resaved_in_own_format(tmp_path):
+    make_tiny_star(tmp_path / "rel", "star-vicuna", layout="released", seed=5)
+    model = load_star_model(tmp_path / "rel")
+    model.save_pretrained(tmp_path / "own")
+    again = load_star_model(tmp_path / "own")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], tensor), key
+
+
+@pytest.mark.parametrize("layout", ["own", "released"])
+def test_auto_model_from_pretrained(tmp_path, layout):
+    make_tiny_star(tmp_path, "star-vicuna", layout=layout, seed=6)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(model, FlashVStreamForCausalLM)
+    reference = load_star_model(tmp_path)
+    for key, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], tensor), key
+
+
+def test_unknown_model_type_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="model_type 'bert'.*supported model types"):
+        load_model(tmp_path)
+
+
+def test_missing_checkpoint_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "nope" / "deeper"))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path)
