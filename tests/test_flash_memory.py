@@ -1,0 +1,163 @@
+"""Flash Memory (CSM + DAM) against slow re-statements of the published algorithm, on random inputs."""
+
+import math
+
+import pytest
+import torch
+
+from flash_vstream.memory.flash import DualResFeatures, FlashMemory, FlashMemoryConfig
+from flash_vstream.memory.kmeans import kmeans_init_indices
+
+D = 8
+GRID = (4, 4)  # full-resolution patch grid -> 16 high tokens, 4 low tokens per temporal patch
+
+
+def random_clip(t: int, seed: int = 0) -> DualResFeatures:
+    gen = torch.Generator().manual_seed(seed)
+    return DualResFeatures(torch.randn(t, 16, D, generator=gen), torch.randn(t, 4, D, generator=gen), GRID)
+
+
+def small_memory(csm: int = 6, dam: int = 3, **kw) -> FlashMemory:
+    return FlashMemory(FlashMemoryConfig(temporal_length=2 * csm, spatial_length=2 * dam, bank_size=64, **kw))
+
+
+# ---------------------------------------------------------------- slow re-statements of the published code
+
+
+def slow_ordered_weighted_kmeans(x, k, weights, times, iters=10, tol=1e-4, seed=0):
+    """Published ``weighted_kmeans_ordered_feature`` (§7.5), with the shared seeded init; loops, sqrt distances."""
+    n = x.shape[0]
+    centroids = x[kmeans_init_indices(x, k, seed)].clone()
+    labels = [0] * n
+    for _ in range(iters):
+        for i in range(n):
+            dists = [math.sqrt(float(((x[i] - centroids[j]) ** 2).sum())) for j in range(k)]
+            labels[i] = min(range(k), key=lambda j: (dists[j], j))
+        new = centroids.clone()
+        for j in range(k):
+            members = [i for i in range(n) if labels[i] == j]
+            assert members, "an empty cluster: pick another seed for this reference test"
+            mass = sum(float(weights[i]) for i in members)
+            new[j] = sum(weights[i] * x[i] for i in members) / mass
+        shift = float((new - centroids).norm(dim=1).sum())
+        centroids = new
+        if shift < tol:
+            break
+    masses = torch.tensor([sum(float(weights[i]) for i in range(n) if labels[i] == j) for j in range(k)])
+    stamps = torch.tensor(
+        [sum(float(weights[i] * times[i]) for i in range(n) if labels[i] == j) / float(masses[j]) for j in range(k)]
+    )
+    order = sorted(range(k), key=lambda j: float(stamps[j]))
+    return centroids[order], masses[order], stamps[order]
+
+
+def slow_klarge_retrieve(centroids, masses, bank_low, n_dam):
+    """Published ``klarge_retrieve`` (§7.6): nearest bank patch (L2) of each of the n_dam heaviest centroids."""
+    heavy = sorted(range(len(masses)), key=lambda j: (-float(masses[j]), j))[:n_dam]
+    picked = []
+    for j in heavy:
+        dists = [float(((bank_low[i] - centroids[j]) ** 2).sum().sqrt()) for i in range(bank_low.shape[0])]
+        picked.append(min(range(len(dists)), key=lambda i: (dists[i], i)))
+    return picked
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_published_token_budgets():
+    memory = FlashMemory(FlashMemoryConfig())
+    assert memory.config.csm_size == 60 and memory.config.dam_size == 30
+    assert memory.num_tokens(240, grid_hw=(32, 32)) == 11520  # 448x448
+    assert memory.num_tokens(240, grid_hw=(24, 40)) == 10800  # 336x560
+    assert memory.num_tokens(16, grid_hw=(32, 32)) == 2560
+
+
+def test_short_clip_passes_through():
+    clip = random_clip(3)  # t <= N_DAM
+    out = small_memory().compress(clip)
+    expected = torch.cat([clip.high.flatten(0, 1), clip.low.flatten(0, 1)])
+    assert torch.equal(out.tokens, expected)
+    assert out.segments == {"dam": 48, "csm": 12}
+    assert out.extras["dam_times"].tolist() == [0, 1, 2] == out.extras["csm_times"].tolist()
+    assert out.positions.tolist() == [0] * 16 + [1] * 16 + [2] * 16 + [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_csm_matches_slow_published_kmeans():
+    clip = random_clip(20, seed=3)
+    memory = small_memory()
+    out = memory.compress(clip)
+    times = torch.arange(20, dtype=torch.float32)
+    centroids, masses, stamps = slow_ordered_weighted_kmeans(clip.low.flatten(1), 6, torch.ones(20), times)
+    csm = out.tokens[out.segments["dam"] :].view(6, 4, D)
+    torch.testing.assert_close(csm.flatten(1), centroids, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.extras["csm_weights"], masses)
+    torch.testing.assert_close(out.extras["csm_timestamps"], stamps)
+    assert out.extras["csm_times"].tolist() == stamps.round().long().tolist()
+    assert float(out.extras["csm_weights"].sum()) == 20
+
+
+def test_dam_matches_slow_published_retrieval():
+    clip = random_clip(20, seed=4)
+    out = small_memory().compress(clip)
+    csm = out.tokens[out.segments["dam"] :].view(6, 4, D)
+    picked = slow_klarge_retrieve(csm.flatten(1), out.extras["csm_weights"], clip.low.flatten(1), 3)
+    assert out.extras["dam_times"].tolist() == picked
+    torch.testing.assert_close(out.tokens[: out.segments["dam"]], clip.high[picked].flatten(0, 1))
+
+
+def test_dam_alternative_methods():
+    clip = random_clip(20, seed=5)
+    nearest = small_memory(spatial_method="nearest").compress(clip)
+    heavy = torch.sort(nearest.extras["csm_weights"], descending=True, stable=True).indices[:3]
+    assert nearest.extras["dam_times"].tolist() == nearest.extras["csm_timestamps"][heavy].round().long().tolist()
+    cosine = small_memory(spatial_method="klarge_retrieve_cos").compress(clip)
+    assert cosine.segments == nearest.segments
+
+
+def test_one_update_equals_compress():
+    clip = random_clip(20, seed=6)
+    memory = small_memory()
+    offline = memory.compress(clip)
+    online = memory.read(memory.update(memory.init_state(), clip))
+    assert torch.equal(offline.tokens, online.tokens) and torch.equal(offline.positions, online.positions)
+
+
+def test_streaming_carries_mass_and_time_and_bounds_the_bank():
+    memory = FlashMemory(FlashMemoryConfig(temporal_length=8, spatial_length=4, bank_size=6, bank_device="cpu"))
+    state = memory.init_state()
+    for step in range(5):
+        state = memory.update(state, random_clip(3, seed=10 + step))
+    assert state.num_seen == 15
+    assert float(state.weights.sum()) == 15  # every patch counted once through the carried masses
+    assert bool((state.times[1:] >= state.times[:-1]).all()) and 0 <= float(state.times.min())
+    assert float(state.times.max()) <= 14
+    assert state.bank_low.shape[0] == 6 and state.bank_high.device.type == "cpu"
+    assert bool((state.bank_times[1:] > state.bank_times[:-1]).all())
+    out = memory.read(state)
+    assert out.segments == {"dam": 2 * 16, "csm": 4 * 4}
+    assert set(out.extras["dam_times"].tolist()) <= set(state.bank_times.long().tolist())
+
+
+def test_stream_rejects_a_new_frame_size():
+    memory = small_memory()
+    state = memory.update(memory.init_state(), random_clip(2))
+    other = DualResFeatures(torch.randn(1, 64, D), torch.randn(1, 16, D), (8, 8))
+    with pytest.raises(ValueError, match="grid changed"):
+        memory.update(state, other)
+    with pytest.raises(ValueError, match="empty"):
+        memory.read(memory.init_state())
+
+
+def test_config_round_trip_and_validation():
+    published = {"flash_memory_temporal_length": 60, "flash_memory_spatial_length": 30}
+    config = FlashMemoryConfig.from_published(published)
+    assert (config.csm_size, config.dam_size) == (30, 15)
+    assert FlashMemoryConfig.from_published(config.to_published()) == config
+    with pytest.raises(ValueError, match="flash_memory_typo"):
+        FlashMemoryConfig.from_published({"flash_memory_typo": 1})
+    with pytest.raises(ValueError, match="temporal_length"):
+        FlashMemoryConfig(temporal_length=7)
+    with pytest.raises(ValueError, match="spatial_method"):
+        FlashMemoryConfig(spatial_method="sample")
+    with pytest.raises(ValueError, match="bank_size"):
+        FlashMemoryConfig(bank_size=10)
