@@ -1,0 +1,93 @@
+"""The benchmark registry: one declarative `Benchmark` spec per evaluable set, all run by the same runner.
+
+A spec names the benchmark family (which selects the profile's prompt/extraction/aggregation `Rules`), the
+loader, and the two switches that vary within a family: Video-MME with subtitles, and open-ended judging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from flash_vstream_eval.items import Item
+from flash_vstream_eval.loaders_long import load_egoschema, load_lvbench, load_mlvu
+from flash_vstream_eval.loaders_mvbench import load_mvbench
+from flash_vstream_eval.loaders_videomme import load_videomme
+from flash_vstream_eval.loaders_vstream import load_vstream
+
+__all__ = ["BENCHMARKS", "Benchmark", "get_benchmark"]
+
+Loader = Callable[[Path, "str | None"], list[Item]]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One evaluable set."""
+
+    name: str
+    """Registry key, used by ``--benchmark``."""
+    family: str
+    """Which profile rules apply: egoschema, mlvu, lvbench, mvbench, videomme or vstream."""
+    load: Loader
+    """``load(data_root, annotations_or_None) -> items``."""
+    description: str
+    with_subtitles: bool = False
+    """Video-MME "w/ subs": subtitle lines at the sampled frames go into the prompt."""
+    open_ended: bool = False
+    """Answers are free text, scored by a judge (VStream-QA)."""
+    submission: bool = False
+    """Write a submission file for items whose labels are hidden (EgoSchema full set)."""
+
+
+def _vstream(name: str) -> Loader:
+    return lambda root, source=None: load_vstream(root, name, source)
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    spec.name: spec
+    for spec in (
+        Benchmark(
+            "egoschema",
+            "egoschema",
+            load_egoschema,
+            "EgoSchema full set: labelled 500 scored, all written to a submission file",
+            submission=True,
+        ),
+        Benchmark(
+            "egoschema_subset",
+            "egoschema",
+            partial(load_egoschema, subset_only=True),
+            "EgoSchema 500-question labelled subset",
+        ),
+        Benchmark("mlvu", "mlvu", load_mlvu, "MLVU dev, multiple choice (7 task types)"),
+        Benchmark("lvbench", "lvbench", load_lvbench, "LVBench (1,549 questions on 103 long videos)"),
+        Benchmark("mvbench", "mvbench", load_mvbench, "MVBench, 20 tasks x 200 questions"),
+        Benchmark("videomme", "videomme", load_videomme, "Video-MME without subtitles"),
+        Benchmark("videomme_sub", "videomme", load_videomme, "Video-MME with subtitles", with_subtitles=True),
+        Benchmark("vs_ego", "vstream", _vstream("vs_ego"), "VStream-QA VS-Ego (offline)", open_ended=True),
+        Benchmark(
+            "vs_movie", "vstream", _vstream("vs_movie"), "VStream-QA VS-Movie (offline)", open_ended=True
+        ),
+        Benchmark(
+            "rvs_ego", "vstream", _vstream("rvs_ego"), "VStream-QA RVS-Ego (real-time)", open_ended=True
+        ),
+        Benchmark(
+            "rvs_movie", "vstream", _vstream("rvs_movie"), "VStream-QA RVS-Movie (real-time)", open_ended=True
+        ),
+    )
+}
+
+
+def get_benchmark(name: str | Benchmark) -> Benchmark:
+    """Look a benchmark up by name (or pass one through).
+
+    Raises:
+        ValueError: For an unknown name; the message lists the known ones.
+    """
+    if isinstance(name, Benchmark):
+        return name
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)} (--benchmark).")
+    return BENCHMARKS[name]

@@ -1,0 +1,192 @@
+"""End-to-end runner tests: every benchmark layout, resume after a torn write, sharding, skipped videos."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from evalfixtures import (
+    LETTERS,
+    FakeModel,
+    egoschema_flash,
+    egoschema_lmms_rows,
+    egoschema_official,
+    link_video,
+    lvbench_lmms_rows,
+    lvbench_official,
+    mlvu_flash,
+    mlvu_lmms_rows,
+    mlvu_official,
+    mvbench_official,
+    videomme_lmms_rows,
+    videomme_media,
+    vstream_root,
+    write_jsonl,
+)
+
+from flash_vstream_eval.runner import run_benchmark
+
+CORRECT = {0, 1, 2, 5, 7}
+
+
+def scripted(n_options: int = 4) -> FakeModel:
+    """Right answer for the questions in CORRECT, a wrong letter for the others."""
+    replies = {}
+    for i in range(10):
+        answer = i % n_options
+        replies[i] = LETTERS[answer] if i in CORRECT else LETTERS[(answer + 1) % n_options]
+    return FakeModel(replies)
+
+
+def _egoschema_lmms(root, video):
+    write_jsonl(root / "MC" / "test.jsonl", egoschema_lmms_rows())
+    for i in range(10):
+        link_video(video, root / "videos" / f"uid{i}.mp4")
+    return root
+
+
+def _mlvu_lmms(root, video):
+    rows = mlvu_lmms_rows()
+    write_jsonl(root / "mlvu" / "test.jsonl", rows)
+    for row in rows:
+        link_video(video, root / row["video_name"])
+    return root
+
+
+def _lvbench_lmms(root, video):
+    write_jsonl(root / "lvbench.jsonl", lvbench_lmms_rows())
+    for key in "AB":
+        link_video(video, root / f"vid{key}.mp4")
+    return root
+
+
+def _videomme_lmms(root, video):
+    write_jsonl(root / "videomme" / "test.jsonl", videomme_lmms_rows())
+    return videomme_media(root, video)
+
+
+# (benchmark, writer, options per question, expected headline accuracy)
+LAYOUTS = [
+    ("egoschema", egoschema_official, 5, 100 * 4 / 6),  # only uid0..uid5 are labelled
+    ("egoschema", _egoschema_lmms, 5, 100 * 4 / 6),
+    ("egoschema_subset", egoschema_flash, 5, 50.0),
+    ("mlvu", mlvu_official, 4, 50.0),
+    ("mlvu", _mlvu_lmms, 4, 50.0),
+    ("mlvu", mlvu_flash, 4, 50.0),
+    ("lvbench", lvbench_official, 4, 50.0),
+    ("lvbench", _lvbench_lmms, 4, 50.0),
+    ("mvbench", mvbench_official, 4, 50.0),
+    ("videomme", _videomme_lmms, 4, 50.0),
+    ("videomme_sub", _videomme_lmms, 4, 50.0),
+]
+
+
+@pytest.mark.parametrize(("bench", "writer", "n_options", "expected"), LAYOUTS,
+                         ids=[f"{b}-{w.__name__}" for b, w, _, _ in LAYOUTS])
+def test_end_to_end_each_layout(tmp_path, tiny_video, bench, writer, n_options, expected):
+    root = writer(tmp_path / "data", tiny_video)
+    model = scripted(n_options)
+    results = run_benchmark(bench, model, root, tmp_path / "out", "flash-vstream", progress=False)
+    assert results["metrics"]["accuracy"] == pytest.approx(expected)
+    assert results["counts"]["skipped"] == 0
+    assert len(model.calls) == 10
+    assert all(call["prefix"] == "Best option: (" for call in model.calls)
+    assert all(call["frames"][0] >= 4 for call in model.calls)  # 1 fps clamped to at least 4 frames
+    assert (tmp_path / "out" / "results.md").read_text().startswith(f"# {bench} (flash-vstream profile)")
+
+
+def test_egoschema_full_set_writes_submission(tmp_path, tiny_video):
+    root = egoschema_official(tmp_path / "data", tiny_video)
+    run_benchmark("egoschema", scripted(5), root, tmp_path / "out", progress=False)
+    submission = json.loads((tmp_path / "out" / "submission.json").read_text())
+    assert len(submission) == 10
+    assert submission["uid3"] == 4 and submission["uid5"] == 0  # wrong (answer+1) and right (5 % 5)
+    assert (tmp_path / "out" / "submission.csv").read_text().splitlines()[0] == "q_uid,answer"
+
+
+def test_videomme_subtitles_reach_the_prompt(tmp_path, tiny_video):
+    root = _videomme_lmms(tmp_path / "data", tiny_video)
+    model = FakeModel()
+    run_benchmark("videomme_sub", model, root, tmp_path / "out", "lmms-eval", limit=4, progress=False)
+    first, fourth = model.calls[0]["question"], model.calls[3]["question"]
+    assert first.startswith("This video's subtitles are listed below: \nHello there\n")
+    assert "Never shown" not in first
+    assert fourth.startswith("This video's subtitles are listed below: \nNo subtitles available\n")  # yt1
+
+
+def test_mvbench_windows_and_frame_folders(tmp_path, tiny_video):
+    root = mvbench_official(tmp_path / "data", tiny_video)
+    model = FakeModel()
+    run_benchmark("mvbench", model, root, tmp_path / "out", "official", progress=False)
+    assert {call["frames"][0] for call in model.calls} == {16}
+    bounded = model.calls[0]["timestamps"]  # action_sequence, window [0.5, 1.5] s of a 2 s video
+    assert bounded.min() >= 0.5 and bounded.max() <= 1.5
+    assert model.calls[-1]["video"].endswith("frames_fps3_hq/ep9")
+
+
+def test_missing_video_is_skipped_with_reason(tmp_path, tiny_video):
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    (root / "videos" / "v3.mp4").unlink()
+    (root / "videos" / "v4.mp4").unlink()  # a hard link to the shared video: replace, never write through it
+    (root / "videos" / "v4.mp4").write_bytes(b"not a video")
+    results = run_benchmark("mlvu", scripted(), root, tmp_path / "out", progress=False)
+    reasons = {row["id"]: row["reason"] for row in results["skipped"]}
+    assert set(reasons) == {"3", "4"}
+    assert reasons["3"].startswith("missing video") and reasons["4"].startswith("unreadable video")
+    assert results["metrics"]["accuracy"] == pytest.approx(100 * 5 / 8)  # 0,1,2,5,7 right of the 8 read
+
+
+def test_vstream_without_judge_writes_predictions_then_scores_with_one(tmp_path, tiny_video):
+    root = vstream_root(tmp_path / "data", tiny_video)
+    model = FakeModel({i: f"thing {i}" for i in range(0, 10, 2)}, default="no idea")
+    results = run_benchmark("rvs_ego", model, root, tmp_path / "out", progress=False)
+    assert results["metrics"] == {} and "judge" in results["note"]
+    assert model.calls[0]["timestamps"].max() <= 1.0  # asked at end_time 101.0 -> 1.0 s into the clip
+
+    def judge(question, answer, prediction):
+        class Verdict:
+            correct = prediction == answer
+            score = 5 if correct else 1
+        return Verdict()
+
+    results = run_benchmark("rvs_ego", model, root, tmp_path / "out", judge=judge, progress=False)
+    assert results["metrics"] == {"accuracy": 50.0, "score": 3.0}
+    assert results["breakdowns"]["answer_type"]["action"] == {"accuracy": 100.0, "n": 5, "score": 5.0}
+
+
+def test_resume_after_kill_mid_write_equals_uninterrupted(tmp_path, tiny_video):
+    root = mlvu_official(tmp_path / "data", tiny_video)
+    full = run_benchmark("mlvu", scripted(), root, tmp_path / "full", "official", progress=False)
+
+    out = tmp_path / "resumed"
+    run_benchmark("mlvu", scripted(), root, out, "official", limit=None, progress=False)
+    shard = out / "predictions.rank0-of-1.jsonl"
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])  # 4 done, the 5th torn
+    for name in ("predictions.jsonl", "results.json"):
+        (out / name).unlink()
+    model = scripted()
+    resumed = run_benchmark("mlvu", model, root, out, "official", progress=False)
+    assert len(model.calls) == 6  # only the unfinished items ran again
+    assert resumed == full
+    ids = [json.loads(line)["id"] for line in shard.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 10
+
+
+def test_sharded_ranks_merge_to_the_single_process_result(tmp_path, tiny_video, monkeypatch):
+    root = lvbench_official(tmp_path / "data", tiny_video)
+    single = run_benchmark("lvbench", scripted(), root, tmp_path / "single", progress=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_benchmark("lvbench", scripted(), root, tmp_path / "dp", progress=False) is None  # rank 0 unfinished
+    monkeypatch.setenv("RANK", "0")
+    merged = run_benchmark("lvbench", scripted(), root, tmp_path / "dp", progress=False)
+    assert merged == single
+    assert single["breakdowns"]["question_type"]["reasoning"]["n"] == 7  # multi-type questions count twice
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, tiny_video):
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    run_benchmark("mlvu", scripted(), root, tmp_path / "out", limit=2, progress=False)
+    with pytest.raises(ValueError, match="different settings"):
+        run_benchmark("mlvu", scripted(), root, tmp_path / "out", "official", limit=2, progress=False)
