@@ -14,9 +14,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+from transformers import GenerationConfig
 
 from flash_vstream.memory.flash import FlashMemoryConfig
 from flash_vstream.model.qwen2vl import FlashVStreamQwen2VLConfig, FlashVStreamQwen2VLForConditionalGeneration
+from flash_vstream.model.qwen2vl_checkpoints import to_published_state_dict
 from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer
 
 TINY_TEXT = {
@@ -90,13 +93,14 @@ def make_tiny_flash(out_dir: str | Path, seed: int = 0) -> Path:
     config = tiny_flash_config(tokenizer)
     torch.manual_seed(seed)
     model = FlashVStreamQwen2VLForConditionalGeneration(config).eval()
-    from safetensors.torch import save_file
-
-    from flash_vstream.model.qwen2vl_checkpoints import to_published_state_dict
-
     state = {k: v.contiguous() for k, v in to_published_state_dict(model.state_dict()).items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(published_config_dict(config), indent=2) + "\n")
+    GenerationConfig(
+        bos_token_id=config.text_config.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
