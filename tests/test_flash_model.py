@@ -102,7 +102,7 @@ def test_generate_decodes_with_the_same_positions_as_a_full_forward(model, token
     """Greedy generate (KV cache, rope deltas) == argmax of full forwards over the growing sequence."""
     builder = FlashInputBuilder.for_model(model, tokenizer)
     for mode in ("paper", "reference"):
-        model.model.rope_mode = mode
+        model.config.rope_mode = mode
         inputs = builder("What happens?", frames=frames(8, seed=3))
         with torch.no_grad():
             generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs["input_ids"].shape[1] :]
@@ -121,7 +121,7 @@ def test_generate_decodes_with_the_same_positions_as_a_full_forward(model, token
                 manual.append(token)
                 ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
         assert generated.tolist() == manual, mode
-    model.model.rope_mode = "paper"
+    model.config.rope_mode = "paper"
 
 
 def test_images_are_refused(model):

@@ -4,7 +4,7 @@ The smallest overrides of transformers' own classes (reference ``flash-vstream.m
 
 - :class:`FlashVStreamQwen2VLConfig` is a ``Qwen2VLConfig`` with ``model_type="flash_vstream_qwen2_vl"``; the
   memory settings live in ``vision_config.flash_memory_config`` (the published six keys) and the AM-RoPE
-  layout in ``rope_mode``.
+  layout in ``rope_mode``, both validated on construction.
 - :class:`FlashQwen2VLModel` (a ``Qwen2VLModel``) uses :class:`~flash_vstream.vision.qwen2vl.FlashVisionTower`
   (the same parameters) and overrides ``get_video_features`` (dual-resolution ViT -> Flash Memory -> merger),
   ``get_rope_index`` (AM-RoPE ids from the memory's own times) and ``forward`` (encode the video before the
@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import Qwen2VLConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -37,36 +38,32 @@ from flash_vstream.model.qwen2vl_rope import ROPE_MODES, MemoryLayout, batch_pos
 from flash_vstream.vision.qwen2vl import FlashVisionTower
 
 
+@strict
 class FlashVStreamQwen2VLConfig(Qwen2VLConfig):
     """``Qwen2VLConfig`` plus Flash Memory.
 
-    Extra settings (stored so the published layout round-trips):
-
-    - ``vision_config.flash_memory_config``: dict of the six published ``flash_memory_*`` keys
-      (:meth:`FlashMemoryConfig.from_published`); missing keys take the published defaults.
-    - ``rope_mode``: AM-RoPE layout, ``"paper"`` (default) or ``"reference"``
-      (:mod:`flash_vstream.model.qwen2vl_rope`).
+    The memory settings live in ``vision_config.flash_memory_config``, a dict of the six published
+    ``flash_memory_*`` keys (:meth:`FlashMemoryConfig.from_published`; missing keys take the published
+    defaults), so the published layout round-trips.
     """
 
     model_type = "flash_vstream_qwen2_vl"
+
+    rope_mode: str = "paper"
+    """AM-RoPE layout: "paper" (text after the video never overlaps a visual id) or "reference" (the published
+    code's ids, to evaluate released weights as published); see :mod:`flash_vstream.model.qwen2vl_rope`."""
+
+    def __post_init__(self, **kwargs):
+        if self.rope_mode not in ROPE_MODES:
+            raise ValueError(f"config.rope_mode must be one of {ROPE_MODES}, got {self.rope_mode!r}")
+        super().__post_init__(**kwargs)
+        flash_memory_config(self)  # validate the memory settings now, naming any bad field
 
 
 def flash_memory_config(config: Qwen2VLConfig) -> FlashMemoryConfig:
     """The validated memory settings of a (Flash or plain) Qwen2-VL config; defaults when absent."""
     published = getattr(config.vision_config, "flash_memory_config", None)
     return FlashMemoryConfig.from_published(published, temporal_patch_size=config.vision_config.temporal_patch_size)
-
-
-def rope_mode(config: Qwen2VLConfig) -> str:
-    """The AM-RoPE layout of ``config``, validated.
-
-    Raises:
-        ValueError: for an unknown ``rope_mode``.
-    """
-    mode = getattr(config, "rope_mode", "paper")
-    if mode not in ROPE_MODES:
-        raise ValueError(f"config.rope_mode must be one of {ROPE_MODES}, got {mode!r}")
-    return mode
 
 
 @dataclass
@@ -90,7 +87,6 @@ class FlashQwen2VLModel(Qwen2VLModel):
         self.visual = FlashVisionTower._from_config(config.vision_config)
         self.language_model = Qwen2VLTextModel._from_config(config.text_config)
         self.flash_memory = FlashMemory(flash_memory_config(config), config.vision_config.spatial_merge_size)
-        self.rope_mode = rope_mode(config)
         self.rope_deltas = None
         self.post_init()
 
@@ -154,7 +150,8 @@ class FlashQwen2VLModel(Qwen2VLModel):
                 "AM-RoPE ids depend on what Flash Memory kept: encode the video first with get_video_features "
                 "and pass its output as mm_encoder_outputs={'video': ...}"
             )
-        return batch_position_ids(mm_token_type_ids, layouts, attention_mask, self.rope_mode)
+        mode = getattr(self.config, "rope_mode", "paper")
+        return batch_position_ids(mm_token_type_ids, layouts, attention_mask, mode)
 
     def forward(
         self,

@@ -23,7 +23,11 @@ from pathlib import Path
 
 import torch
 
-from flash_vstream.model.qwen2vl import FlashVStreamQwen2VLConfig, FlashVStreamQwen2VLForConditionalGeneration
+from flash_vstream.model.qwen2vl import (
+    FlashVStreamQwen2VLConfig,
+    FlashVStreamQwen2VLForConditionalGeneration,
+    flash_memory_config,
+)
 
 FLASH_MODEL_TYPES = ("flash_vstream_qwen2_vl", "qwen2_vl")
 
@@ -108,12 +112,8 @@ def build_config(path: Path, **overrides) -> FlashVStreamQwen2VLConfig:
         raise ValueError(f"{path} has model_type {model_type!r}; the Flash family loads {FLASH_MODEL_TYPES}")
     raw.pop("architectures", None)
     raw.pop("transformers_version", None)
-    config = FlashVStreamQwen2VLConfig(**raw, **overrides)
-    from flash_vstream.model.qwen2vl import flash_memory_config, rope_mode
-
-    memory = flash_memory_config(config)  # validates, naming any bad field
-    config.vision_config.flash_memory_config = memory.to_published()
-    rope_mode(config)
+    config = FlashVStreamQwen2VLConfig(**{**raw, **overrides})  # validates memory settings and rope_mode
+    config.vision_config.flash_memory_config = flash_memory_config(config).to_published()
     return config
 
 
