@@ -103,10 +103,10 @@ def _predict(item: Item, root: Path, spec: Benchmark, rules: Rules, model: Any, 
     except (VideoError, OSError, ValueError) as err:
         return {"id": item.id, "skipped": f"unreadable video {item.video}: {err}"}
     subtitles = _subtitle_text(root, item, rules, clip) if spec.with_subtitles else None
+    # Frames only (no ``video=``): models take exactly one visual input, and these are the profile's frames.
     reply = model.answer(
         rules.prompt(item, subtitles),
         frames=clip.frames,
-        video=str(path),
         timestamps=clip.timestamps,
         assistant_prefix=rules.assistant_prefix,
         max_new_tokens=rules.max_new_tokens,

@@ -121,7 +121,7 @@ def test_mvbench_windows_and_frame_folders(tmp_path, tiny_video):
     assert {call["frames"][0] for call in model.calls} == {16}
     bounded = model.calls[0]["timestamps"]  # action_sequence, window [0.5, 1.5] s of a 2 s video
     assert bounded.min() >= 0.5 and bounded.max() <= 1.5
-    assert model.calls[-1]["video"].endswith("frames_fps3_hq/ep9")
+    assert model.calls[-1]["frames"][1:] == (16, 16, 3)  # episodic_reasoning: read from its 16x16 PNG folder
 
 
 def test_missing_video_is_skipped_with_reason(tmp_path, tiny_video):
