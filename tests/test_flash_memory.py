@@ -125,17 +125,23 @@ def test_one_update_equals_compress():
 def test_streaming_carries_mass_and_time_and_bounds_the_bank():
     memory = FlashMemory(FlashMemoryConfig(temporal_length=8, spatial_length=4, bank_size=6, bank_device="cpu"))
     state = memory.init_state()
+    high_at = {}
     for step in range(5):
-        state = memory.update(state, random_clip(3, seed=10 + step))
+        clip = random_clip(3, seed=10 + step)
+        high_at.update({3 * step + i: clip.high[i] for i in range(3)})
+        state = memory.update(state, clip)
     assert state.num_seen == 15
     assert float(state.weights.sum()) == 15  # every patch counted once through the carried masses
     assert bool((state.times[1:] >= state.times[:-1]).all()) and 0 <= float(state.times.min())
     assert float(state.times.max()) <= 14
-    assert state.bank_low.shape[0] == 6 and state.bank_high.device.type == "cpu"
+    assert state.bank_low.shape[0] == len(state.bank_high) == 6
+    assert all(entry.device.type == "cpu" for entry in state.bank_high)
     assert bool((state.bank_times[1:] > state.bank_times[:-1]).all())
     out = memory.read(state)
     assert out.segments == {"dam": 2 * 16, "csm": 4 * 4}
     assert set(out.extras["dam_times"].tolist()) <= set(state.bank_times.long().tolist())
+    expected = torch.cat([high_at[t] for t in out.extras["dam_times"].tolist()])
+    assert torch.equal(out.tokens[: out.segments["dam"]], expected)  # the bank returns the right frames
 
 
 def test_stream_rejects_a_new_frame_size():

@@ -204,7 +204,8 @@ class FlashMemoryState:
         weights: ``(k',)`` float32 cluster masses.
         times: ``(k',)`` float32 weighted-mean timestamps.
         bank_low: ``(b, n_lo, d)`` half-resolution bank (retrieval keys), or ``None``.
-        bank_high: ``(b, n_hi, d)`` full-resolution bank (on ``bank_device``), or ``None``.
+        bank_high: ``b`` full-resolution entries ``(n_hi, d)`` (on ``bank_device``). A tuple of per-patch
+            tensors, so an update appends references instead of copying the whole bank.
         bank_times: ``(b,)`` float32 timestamps of the bank entries, increasing.
         grid_hw: full-resolution patch grid of the stream, fixed by the first update.
         pool_size: down-sampling factor of the stream.
@@ -216,7 +217,7 @@ class FlashMemoryState:
     weights: torch.Tensor | None = None
     times: torch.Tensor | None = None
     bank_low: torch.Tensor | None = None
-    bank_high: torch.Tensor | None = None
+    bank_high: tuple[torch.Tensor, ...] = ()
     bank_times: torch.Tensor | None = None
     grid_hw: tuple[int, int] | None = None
     pool_size: int = 2
@@ -278,19 +279,19 @@ class FlashMemory(VideoMemory):
             times = state.num_seen + torch.arange(t, dtype=torch.float32)
         low, high, times = features.low.to(device), features.high, times.float().to(device)
         ones = torch.ones(t, device=device)
+        if self.config.bank_device is not None:
+            high = high.to(self.config.bank_device)
+        bank_high = state.bank_high + tuple(high.unbind(0))
         if state.centroids is None:
             rows, weights, row_times = low, ones, times
-            bank_low, bank_high, bank_times = low, high, times
+            bank_low, bank_times = low, times
         else:
             rows = torch.cat([state.centroids, low])
             weights = torch.cat([state.weights, ones])
             row_times = torch.cat([state.times, times])
             bank_low = torch.cat([state.bank_low, low])
-            bank_high = torch.cat([state.bank_high, high.to(state.bank_high.device)])
             bank_times = torch.cat([state.bank_times, times])
         csm = self._cluster(rows, weights, row_times)
-        if self.config.bank_device is not None:
-            bank_high = bank_high.to(self.config.bank_device)
         bank_low, bank_high, bank_times = self._evict(csm, bank_low, bank_high, bank_times)
         return replace(
             state,
@@ -318,7 +319,7 @@ class FlashMemory(VideoMemory):
             )
         csm = _Clusters(state.centroids, state.weights, state.times)
         dam_idx = self._select_dam(csm, state.bank_low, state.bank_times)
-        high = state.bank_high[dam_idx.to(state.bank_high.device)].to(state.centroids.device)
+        high = torch.stack([state.bank_high[i] for i in dam_idx.tolist()]).to(state.centroids.device)
         return self._output(high, state.bank_times[dam_idx], csm, state.grid_hw, state.pool_size)
 
     # ------------------------------------------------------------------ counting
@@ -369,8 +370,8 @@ class FlashMemory(VideoMemory):
         return squared_distances(keys, bank).argmin(dim=1)  # (r,) first minimum on ties
 
     def _evict(
-        self, csm: _Clusters, bank_low: torch.Tensor, bank_high: torch.Tensor, bank_times: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, csm: _Clusters, bank_low: torch.Tensor, bank_high: tuple, bank_times: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple, torch.Tensor]:
         """Bound the bank: keep each centroid's nearest entry, then the newest entries, in time order."""
         size = bank_low.shape[0]
         if size <= self.config.bank_size:
@@ -384,7 +385,7 @@ class FlashMemory(VideoMemory):
         newest = (~keep).nonzero().squeeze(1)[-free:] if free > 0 else nearest[:0]
         keep[newest] = True
         index = keep.nonzero().squeeze(1)  # increasing, so time order is kept
-        return bank_low[index], bank_high[index.to(bank_high.device)], bank_times[index]
+        return bank_low[index], tuple(bank_high[i] for i in index.tolist()), bank_times[index]
 
     def _output(
         self,
