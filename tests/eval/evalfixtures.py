@@ -240,3 +240,43 @@ class FakeModel:
             if f"Q{number}:" in question or f"do {number}?" in question:
                 return reply
         return self.default
+
+
+def lvbench_flash(root: Path, video: Path) -> Path:
+    rows = [{"id": i, "video_id": f"vid{'AB'[i // 5]}", "question": f"{stem(i)}\n{paren(i)}", "answer": i % 4,
+             "type": "cartoon", "question_type": LVBENCH_TYPES[i % 3], "time_reference": "00:01-00:02"}
+            for i in range(N)]
+    write_json(root / "test_qa.json", rows)
+    for key in "AB":
+        link_video(video, root / "videos" / f"vid{key}.mp4")
+    return root
+
+
+def mvbench_flash(root: Path, video: Path) -> Path:
+    rows = [{"id": i, "video_id": f"sta/sta_video_segment/clip{i}", "task_type": "action_localization" if i < 5
+             else "scene_transition", "answer": i % 4,
+             "question": f"Question: {stem(i)}\nOptions:\n{paren(i)}"} for i in range(N)]
+    write_json(root / "test_qa.json", rows)
+    for i in range(N):
+        link_video(video, root / "videos" / "sta" / "sta_video_segment" / f"clip{i}.mp4")
+    return root
+
+
+def videomme_flash(root: Path, video: Path) -> Path:
+    rows = [{"id": i, "video_id": f"yt{i // 3}", "duration": VIDEOMME_DURATIONS[i], "domain": "Knowledge",
+             "sub_category": "History", "task_type": "OCR", "answer": i % 4,
+             "question": f"{stem(i)}\n" + "\n".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(options(i)))}
+            for i in range(N)]
+    write_json(root / "test_qa.json", rows)
+    return videomme_media(root, video)
+
+
+def videomme_official(root: Path, video: Path) -> Path:
+    rows = videomme_lmms_rows()
+    grouped = [{"video_id": f"{v:03d}", "duration_category": rows[3 * v]["duration"], "video_category": "Knowledge",
+                "video_subcategory": "History", "videoID": f"yt{v}",
+                "questions": [{"question_id": r["question_id"], "task_type": r["task_type"], "question": r["question"],
+                               "options": r["options"], "answer": r["answer"]} for r in rows[3 * v: 3 * v + 3]]}
+               for v in range(4)]
+    write_json(root / "output_test_template.json", grouped)
+    return videomme_media(root, video)

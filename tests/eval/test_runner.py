@@ -12,14 +12,18 @@ from evalfixtures import (
     egoschema_lmms_rows,
     egoschema_official,
     link_video,
+    lvbench_flash,
     lvbench_lmms_rows,
     lvbench_official,
     mlvu_flash,
     mlvu_lmms_rows,
     mlvu_official,
+    mvbench_flash,
     mvbench_official,
+    videomme_flash,
     videomme_lmms_rows,
     videomme_media,
+    videomme_official,
     vstream_root,
     write_jsonl,
 )
@@ -75,9 +79,14 @@ LAYOUTS = [
     ("mlvu", mlvu_flash, 4, 50.0),
     ("lvbench", lvbench_official, 4, 50.0),
     ("lvbench", _lvbench_lmms, 4, 50.0),
+    ("lvbench", lvbench_flash, 4, 50.0),
     ("mvbench", mvbench_official, 4, 50.0),
+    ("mvbench", mvbench_flash, 4, 50.0),
     ("videomme", _videomme_lmms, 4, 50.0),
+    ("videomme", videomme_official, 4, 50.0),
+    ("videomme", videomme_flash, 4, 50.0),
     ("videomme_sub", _videomme_lmms, 4, 50.0),
+    ("videomme_sub", videomme_flash, 4, 50.0),
 ]
 
 
@@ -190,3 +199,22 @@ def test_rerun_with_other_settings_is_refused(tmp_path, tiny_video):
     run_benchmark("mlvu", scripted(), root, tmp_path / "out", limit=2, progress=False)
     with pytest.raises(ValueError, match="different settings"):
         run_benchmark("mlvu", scripted(), root, tmp_path / "out", "official", limit=2, progress=False)
+
+
+def test_vstream_offline_with_judge(tmp_path, tiny_video):
+    root = vstream_root(tmp_path / "data", tiny_video)
+    model = FakeModel({i: f"thing {i}" for i in (1, 2, 3)}, default="no idea")
+    seen = []
+
+    def judge(question, answer, prediction):
+        seen.append((question, answer, prediction))
+
+        class Verdict:
+            correct = prediction == answer
+            score = 4 if correct else 0
+        return Verdict()
+
+    results = run_benchmark("vs_ego", model, root, tmp_path / "out", limit=5, judge=judge, progress=False)
+    assert results["metrics"] == {"accuracy": 60.0, "score": 2.4}  # q1, q2, q3 right out of 5
+    assert seen[1] == ("What did I do 1?", "thing 1", "thing 1")
+    assert model.calls[0]["question"] == "Answer the following open-ended question based on the video. What did I do 0?"
