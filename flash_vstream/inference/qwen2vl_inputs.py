@@ -92,7 +92,8 @@ class FlashInputBuilder:
         """
         if features is not None or frames is None:
             raise ValueError("Flash-VStream on Qwen2-VL needs frames= (uint8 (T, H, W, 3)); features are unused")
-        pixel_values, grid = self.frame_processor(frames)
+        frames = np.asarray(frames)
+        pixel_values, grid = self.frame_processor(frames)  # validates the frames array
         count = self.num_video_tokens(len(frames), frames.shape[1], frames.shape[2])
         ids = self.tokenizer(self.prompt(question, count, assistant_prefix), add_special_tokens=False)["input_ids"]
         input_ids = torch.tensor([ids])
