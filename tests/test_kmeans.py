@@ -228,3 +228,18 @@ def test_cuda_matches_cpu_and_is_deterministic():
     assert torch.equal(first.centroids, second.centroids) and torch.equal(first.labels, second.labels)
     assert first.labels.cpu().tolist() == cpu.labels.tolist()
     torch.testing.assert_close(first.centroids.cpu(), cpu.centroids, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_first_occurrences_match_torch_unique(dtype):
+    from flash_vstream.memory.kmeans import _first_occurrences
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 24, generator=gen).to(dtype)
+    x[[5, 17, 33]] = x[2]  # planted duplicates of row 2
+    x[30] = x[9]
+    x[39] = x[38]
+    _, inverse = torch.unique(x.float(), dim=0, return_inverse=True)
+    expected = sorted({int(torch.nonzero(inverse == u)[0]) for u in inverse.unique().tolist()})
+    assert _first_occurrences(x).tolist() == expected
+    assert len(expected) == 40 - 5
