@@ -236,9 +236,9 @@ def test_first_occurrences_match_torch_unique(dtype):
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(40, 24, generator=gen).to(dtype)
-    x[[5, 17, 33]] = x[2]  # planted duplicates of row 2
-    x[30] = x[9]
-    x[39] = x[38]
+    x[[5, 17, 33]] = x[2].clone()  # planted duplicates of row 2
+    x[30] = x[9].clone()
+    x[39] = x[38].clone()
     _, inverse = torch.unique(x.float(), dim=0, return_inverse=True)
     expected = sorted({int(torch.nonzero(inverse == u)[0]) for u in inverse.unique().tolist()})
     assert _first_occurrences(x).tolist() == expected
