@@ -40,7 +40,28 @@ def _add_ask(sub) -> None:
     ask.add_argument("--max-new-tokens", type=int, default=128, help="generation budget (default 128)")
     ask.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     ask.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: bf16 on GPU)")
+    ask.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, repeatable: e.g. retrieval=paper (STAR memory), rope_mode=reference (Flash family)",
+    )
     ask.set_defaults(func=run_ask)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``["retrieval=paper", "bank_capacity=100"]`` -> ``{"retrieval": "paper", "bank_capacity": 100}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _add_make_tiny(sub) -> None:
@@ -68,7 +89,7 @@ def run_ask(args: argparse.Namespace) -> int:
     from flash_vstream.inference.pipeline import load_model
 
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, **parse_options(args.option))
     loaded = time.perf_counter()
     result = model.answer_with_details(
         args.question, video=args.video or args.image, max_new_tokens=args.max_new_tokens

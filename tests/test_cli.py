@@ -117,3 +117,38 @@ def test_parser_lists_subcommands():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert {"ask", "make-tiny"} <= set(sub.choices)
+
+
+def test_ask_with_memory_option_and_bad_option(tiny_vicuna, capsys):
+    assert (
+        main(
+            [
+                "ask",
+                "--model",
+                str(tiny_vicuna),
+                "--video",
+                str(SAMPLE),
+                "q",
+                "--option",
+                "retrieval=paper",
+                "--option",
+                "bank_capacity=100",
+                "--max-new-tokens",
+                "1",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["ask", "--model", str(tiny_vicuna), "--video", str(SAMPLE), "q", "--option", "retreival=paper"]) == 2
+    assert "retreival" in capsys.readouterr().err
+    assert main(["ask", "--model", str(tiny_vicuna), "--video", str(SAMPLE), "q", "--option", "noequals"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_load_model_passes_memory_options(tiny_vicuna):
+    from flash_vstream import load_model
+
+    vs = load_model(tiny_vicuna, retrieval="paper", temporal_clusters=10)
+    assert vs.model.memory.config.retrieval == "paper"
+    assert vs.model.memory.num_tokens(100) == 25 + 10 * 16 + 3 * 64 + 64

@@ -155,6 +155,7 @@ def load_model(
     name_or_path: str | Path,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    **options,
 ) -> FlashVStream:
     """Load a checkpoint (a local directory or a Hugging Face Hub id) into a ready :class:`FlashVStream`.
 
@@ -164,6 +165,8 @@ def load_model(
         name_or_path: local checkpoint directory or Hub id such as ``"IVGSZ/Flash-VStream-7b"``.
         device: where to put the model (default: CUDA when available, else CPU).
         dtype: weights dtype (default: bf16 on CUDA, fp32 on CPU). Strings like ``"bfloat16"`` are accepted.
+        **options: family options, e.g. ``retrieval="paper"`` (STAR memory fields) or ``rope_mode="reference"``
+            (Flash family); an unknown option is an error naming it.
 
     Raises:
         FileNotFoundError: when the path has no ``config.json``.
@@ -178,7 +181,7 @@ def load_model(
         dtype = getattr(torch, dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return get_loader(model_type)(path, device=device, dtype=dtype)
+    return get_loader(model_type)(path, device=device, dtype=dtype, **options)
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:

@@ -155,17 +155,18 @@ def _load_clip_from_tower(model, config: FlashVStreamConfig) -> None:
     model.vision_tower.clip.load_state_dict(clip.state_dict(), strict=True)
 
 
-def load_star_checkpoint(path: Path, *, device: torch.device, dtype: torch.dtype):
+def load_star_checkpoint(path: Path, *, device: torch.device, dtype: torch.dtype, **memory_options):
     """Load a STAR-family checkpoint directory into a ready :class:`~flash_vstream.inference.pipeline.FlashVStream`.
 
     Handles ``model_type`` ``"vstream"`` (released layout, converted) and ``"flash_vstream"`` (own format).
+    ``memory_options`` override ``StarMemoryConfig`` fields, e.g. ``retrieval="paper"``.
     """
     from flash_vstream.inference.pipeline import FlashVStream
     from flash_vstream.inference.star_inputs import StarInputBuilder
     from flash_vstream.video import FrameSampler
     from flash_vstream.vision.clip import CLIPFrameProcessor
 
-    model = load_star_model(path, dtype=dtype).to(device)
+    model = load_star_model(path, dtype=dtype, memory_options=memory_options).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = model.config
     processor = CLIPFrameProcessor.from_vision_config(config.vision_config, aspect=config.image_aspect_ratio)
@@ -175,10 +176,21 @@ def load_star_checkpoint(path: Path, *, device: torch.device, dtype: torch.dtype
     return FlashVStream(model, tokenizer, builder, sampler, builder.count_visual_tokens)
 
 
-def load_star_model(path: Path, *, dtype: torch.dtype = torch.float32):
-    """Load just the ``FlashVStreamForCausalLM`` from a released-layout or own-format directory, strictly."""
+def load_star_model(path: Path, *, dtype: torch.dtype = torch.float32, memory_options: dict | None = None):
+    """Load just the ``FlashVStreamForCausalLM`` from a released-layout or own-format directory, strictly.
+
+    Args:
+        path: checkpoint directory.
+        dtype: weights dtype.
+        memory_options: ``StarMemoryConfig`` fields to override (validated; unknown names are an error).
+    """
     config_dict = json.loads((path / "config.json").read_text())
-    if config_dict["model_type"] == "vstream":
+    released = config_dict["model_type"] == "vstream"
+    if released:
         config = config_from_legacy(VStreamLegacyConfig.from_dict(config_dict), checkpoint_dir=path)
-        return _strict_load(config, path, dtype, key_mapping=RELEASED_KEY_MAP)
-    return _strict_load(FlashVStreamConfig.from_dict(config_dict), path, dtype, key_mapping=None)
+    else:
+        config = FlashVStreamConfig.from_dict(config_dict)
+    if memory_options:
+        config.memory_config = {**config.memory_config, **memory_options}
+        config.star_memory_config()  # validates: names the unknown field or bad value
+    return _strict_load(config, path, dtype, key_mapping=RELEASED_KEY_MAP if released else None)
