@@ -1,0 +1,16 @@
+"""Video input: readers for files, frame folders and images, and pure frame-index policies."""
+
+from flash_vstream.video.reader import VideoClip, VideoError, VideoInfo, probe_video, read_video
+from flash_vstream.video.sampling import FrameSampler, fps_indices, segment_middle_indices, uniform_indices
+
+__all__ = [
+    "FrameSampler",
+    "VideoClip",
+    "VideoError",
+    "VideoInfo",
+    "fps_indices",
+    "probe_video",
+    "read_video",
+    "segment_middle_indices",
+    "uniform_indices",
+]
