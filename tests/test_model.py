@@ -158,3 +158,11 @@ def test_batch_of_two_videos_matches_single_runs(tiny_model):
     batch = tiny_model.embed_inputs(torch.cat([ids1, ids2]), features=[f1, f2])
     torch.testing.assert_close(batch[0], tiny_model.embed_inputs(ids1, features=[f1])[0])
     torch.testing.assert_close(batch[1], tiny_model.embed_inputs(ids2, features=[f2])[0])
+
+
+def test_pipeline_moves_per_sample_visual_lists_to_the_model_device():
+    from flash_vstream.inference.pipeline import _to_device
+
+    moved = _to_device([torch.zeros(2), (torch.ones(1),)], torch.device("meta"))
+    assert moved[0].device.type == "meta" and moved[1][0].device.type == "meta"
+    assert _to_device("text", torch.device("meta")) == "text"

@@ -72,43 +72,13 @@ class FlashVStream:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def answer(
-        self,
-        question: str,
-        *,
-        frames: np.ndarray | None = None,
-        video: str | Path | None = None,
-        features: torch.Tensor | None = None,
-        timestamps: np.ndarray | None = None,
-        assistant_prefix: str = "",
-        max_new_tokens: int = 16,
-        **generation,
-    ) -> str:
-        """Answer ``question`` about a video given as a file, decoded frames or pre-extracted features.
-
-        Args:
-            question: the user's question.
-            frames: uint8 ``(T, H, W, 3)`` RGB frames (already sampled).
-            video: a video file, frame directory or image; frames are sampled with ``self.sampler``.
-            features: pre-extracted vision features (families that accept them).
-            timestamps: seconds of each frame (informational; the memory orders frames by index).
-            assistant_prefix: text the assistant's reply starts with (e.g. ``"Best option: ("``).
-            max_new_tokens: generation budget.
-            **generation: further ``generate`` arguments (greedy decoding by default).
+    def answer(self, question: str, **kwargs) -> str:
+        """Answer ``question``; the keyword arguments are those of :meth:`answer_with_details`.
 
         Returns:
             The generated text.
         """
-        return self.answer_with_details(
-            question,
-            frames=frames,
-            video=video,
-            features=features,
-            timestamps=timestamps,
-            assistant_prefix=assistant_prefix,
-            max_new_tokens=max_new_tokens,
-            **generation,
-        ).text
+        return self.answer_with_details(question, **kwargs).text
 
     def answer_with_details(
         self,
@@ -122,14 +92,28 @@ class FlashVStream:
         max_new_tokens: int = 16,
         **generation,
     ) -> Answer:
-        """Like :meth:`answer`, returning an :class:`Answer` with token counts."""
+        """Answer ``question`` about a video given as a file, decoded frames or pre-extracted features.
+
+        Args:
+            question: the user's question.
+            frames: uint8 ``(T, H, W, 3)`` RGB frames (already sampled).
+            video: a video file, frame directory or image; frames are sampled with ``self.sampler``.
+            features: pre-extracted vision features (families that accept them).
+            timestamps: seconds of each frame (informational; the memory orders frames by index).
+            assistant_prefix: text the assistant's reply starts with (e.g. ``"Best option: ("``).
+            max_new_tokens: generation budget.
+            **generation: further ``generate`` arguments (greedy decoding by default).
+
+        Returns:
+            An :class:`Answer`: the text plus frame and token counts.
+        """
         given = sum(x is not None for x in (frames, video, features))
         if given != 1:
             raise ValueError("pass exactly one of frames=, video= or features= to answer()")
         if video is not None:
             frames = read_video(video, sampler=self.sampler).frames
         inputs = self.input_builder(question, frames=frames, features=features, assistant_prefix=assistant_prefix)
-        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = {key: _to_device(value, self.device) for key, value in inputs.items()}
         generation.setdefault("do_sample", False)
         generation.setdefault("pad_token_id", self.tokenizer.pad_token_id)
         with torch.inference_mode():
@@ -139,6 +123,15 @@ class FlashVStream:
         num_frames = len(frames) if frames is not None else len(features)
         prompt_len = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
         return Answer(text, num_frames, self.visual_token_counter(inputs), prompt_len)
+
+
+def _to_device(value, device: torch.device):
+    """Move a tensor, or the tensors of a list (per-sample visual inputs), to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
 
 
 def _strip_prompt(output: torch.Tensor, input_ids: torch.Tensor | None) -> torch.Tensor:
