@@ -1,0 +1,146 @@
+"""Reading videos, frame folders and images: exact frames, both backends, sampling, and one error type."""
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from flash_vstream.video import FrameSampler, VideoError, probe_video, read_video
+
+NUM_FRAMES, FPS, WIDTH, HEIGHT = 30, 10, 128, 64  # decord2 mis-sizes some widths (e.g. 96)
+
+
+def colour(k: int) -> np.ndarray:
+    return np.array([(k * 8) % 256, 255 - (k * 8) % 256, 128], dtype=np.uint8)
+
+
+def write_video(path: Path, num_frames: int = NUM_FRAMES, codec: str = "libx264") -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "0", "g": "8"}  # lossless-ish, keyframe every 8 frames: seeks are exercised
+        for k in range(num_frames):
+            image = np.broadcast_to(colour(k), (HEIGHT, WIDTH, 3)).copy()
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_ids(frames: np.ndarray) -> list[int]:
+    """Recover each frame's index from its colour (nearest of the colours written)."""
+    palette = np.stack([colour(k) for k in range(NUM_FRAMES)]).astype(int)
+    means = frames.reshape(len(frames), -1, 3).mean(axis=1)
+    return [int(np.abs(palette - m).sum(axis=1).argmin()) for m in means]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("v") / "clip.mp4")
+
+
+def test_pyav_reads_every_frame_in_order(video):
+    clip = read_video(video, backend="pyav")
+    assert clip.frames.shape == (NUM_FRAMES, HEIGHT, WIDTH, 3) and clip.frames.dtype == np.uint8
+    assert frame_ids(clip.frames) == list(range(NUM_FRAMES))
+    assert clip.native_fps == FPS and clip.total_frames == NUM_FRAMES
+    np.testing.assert_allclose(clip.timestamps, np.arange(NUM_FRAMES) / FPS)
+
+
+def test_sparse_reads_equal_sequential_decoding(video):
+    everything = read_video(video, backend="pyav").frames
+    wanted = [29, 3, 17, 17, 0, 9]
+    sparse = read_video(video, indices=wanted, backend="pyav")
+    assert np.array_equal(sparse.frames, everything[wanted])
+    assert sparse.indices.tolist() == wanted
+
+
+def test_decord_and_pyav_return_identical_frames(video):
+    pytest.importorskip("decord")
+    for indices in (None, [0, 7, 8, 21, 29]):
+        a = read_video(video, indices=indices, backend="pyav").frames
+        b = read_video(video, indices=indices, backend="decord").frames
+        assert np.array_equal(a, b)
+
+
+def test_sampler_selects_frames(video):
+    clip = read_video(video, FrameSampler("fps", target_fps=1.0, min_frames=4))  # 3 s clip: clamped to 4
+    assert clip.indices.tolist() == [0, 10, 19, 29]
+    assert frame_ids(clip.frames) == [0, 10, 19, 29]
+    clip = read_video(video, FrameSampler("uniform", num_frames=3), backend="pyav")
+    assert frame_ids(clip.frames) == [0, 14, 29] or frame_ids(clip.frames) == [0, 15, 29]
+
+
+def test_probe(video):
+    info = probe_video(video)
+    assert (info.num_frames, info.fps, info.width, info.height, info.kind) == (NUM_FRAMES, FPS, WIDTH, HEIGHT, "video")
+    assert info.duration == pytest.approx(3.0)
+
+
+def test_frame_folder_sorted_by_number(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(12):  # frame_10 must come after frame_9, not after frame_1
+        Image.fromarray(np.broadcast_to(colour(k), (8, 10, 3)).copy()).save(folder / f"frame_{k}.png")
+    clip = read_video(folder, frames_fps=2.0)
+    assert frame_ids(clip.frames) == list(range(12))
+    np.testing.assert_allclose(clip.timestamps, np.arange(12) / 2.0)
+    assert probe_video(folder).kind == "frames_dir"
+
+
+def test_image_is_a_one_frame_video(tmp_path):
+    path = tmp_path / "still.jpg"
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(path)
+    clip = read_video(path)
+    assert clip.frames.shape == (1, 20, 30, 3) and clip.total_frames == 1
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(VideoError, match="nope.mp4.*no such file"):
+        read_video(tmp_path / "nope.mp4")
+
+
+def test_text_file_named_mp4(tmp_path):
+    path = tmp_path / "notes.mp4"
+    path.write_text("this is not a video\n" * 50)
+    with pytest.raises(VideoError, match="notes.mp4"):
+        read_video(path)
+
+
+def test_truncated_video(tmp_path, video):
+    data = video.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoError, match="cut.mp4"):
+        read_video(cut, indices=[NUM_FRAMES - 1])
+
+
+def test_video_with_zero_frames(tmp_path):
+    path = write_video(tmp_path / "empty.mp4", num_frames=0)
+    with pytest.raises(VideoError, match="empty.mp4"):
+        read_video(path)
+
+
+def test_empty_frame_folder(tmp_path):
+    (tmp_path / "frames").mkdir()
+    with pytest.raises(VideoError, match="no frame images"):
+        read_video(tmp_path / "frames")
+
+
+def test_small_videos_fall_back_to_pyav_in_auto_mode(tmp_path):
+    path = tmp_path / "tiny.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for k in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), k * 30, dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    clip = read_video(path)  # decord2 refuses frames narrower than 64 px; "auto" falls back to PyAV
+    assert clip.frames.shape == (6, 32, 32, 3)
