@@ -20,7 +20,9 @@ TINY_VARIANTS = ("star-vicuna", "star-qwen2", "flash-qwen2vl")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flash-vstream", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="flash-vstream", description="Real-time understanding of long and live video streams (Flash-VStream)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_ask(sub)
     _add_make_tiny(sub)

@@ -5,10 +5,10 @@ index list) asks for, and nothing else: a 1-fps sample of a two-hour film never 
 
 Backends (``reference/benchmarks-and-ecosystem.md`` §3): decord (``decord2`` on Python 3.11+, same import
 name) when it imports, PyAV otherwise; in ``"auto"`` mode a file decord cannot read (decord2 mis-sizes frames of
-some widths, e.g. 96 px or under 64 px) is read again with PyAV. Both return bit-identical frames on the files we test. The PyAV path
-first demuxes the stream once (packets only, no decoding) to learn every frame's timestamp and the keyframes;
-frame ``k`` is the ``k``-th timestamp in presentation order, the numbering decord uses too. It then decodes
-forward, seeking to a keyframe only when that skips frames, so sparse reads return exactly the frames a
+some widths, e.g. 96 px or under 64 px) is read again with PyAV. Both return bit-identical frames on the files we
+test. The PyAV path first demuxes the stream once (packets only, no decoding) to learn every frame's timestamp
+and the keyframes; frame ``k`` is the ``k``-th timestamp in presentation order, the numbering decord uses too.
+It then decodes forward, seeking to a keyframe only when that skips frames, so sparse reads return exactly the frames a
 sequential decode would.
 
 Every problem with the input raises one exception type, ``VideoError``, naming the path, the reason and a fix.
