@@ -49,6 +49,7 @@ def _add_ask(sub) -> None:
         metavar="KEY=VALUE",
         help="model option, repeatable: e.g. retrieval=paper (STAR memory), rope_mode=reference (Flash family)",
     )
+    ask.add_argument("--config", default=None, help="YAML preset of model options (see configs/models/)")
     ask.set_defaults(func=run_ask)
 
 
@@ -91,7 +92,13 @@ def run_ask(args: argparse.Namespace) -> int:
     from flash_vstream.inference.pipeline import load_model
 
     start = time.perf_counter()
-    model = load_model(args.model, device=args.device, dtype=args.dtype, **parse_options(args.option))
+    options = {}
+    if args.config:
+        from flash_vstream.inference.options import load_options_file
+
+        options = load_options_file(args.config)[1]
+    options.update(parse_options(args.option))
+    model = load_model(args.model, device=args.device, dtype=args.dtype, **options)
     loaded = time.perf_counter()
     result = model.answer_with_details(
         args.question, video=args.video or args.image, max_new_tokens=args.max_new_tokens
