@@ -152,3 +152,34 @@ def test_load_model_passes_memory_options(tiny_vicuna):
     vs = load_model(tiny_vicuna, retrieval="paper", temporal_clusters=10)
     assert vs.model.memory.config.retrieval == "paper"
     assert vs.model.memory.num_tokens(100) == 25 + 10 * 16 + 3 * 64 + 64
+
+
+def test_ask_flash_family_on_sample_video(tmp_path, capsys):
+    out = tmp_path / "flash"
+    assert main(["make-tiny", "--variant", "flash-qwen2vl", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "flash_vstream_qwen2_vl"
+    assert (
+        main(
+            [
+                "ask",
+                "--model",
+                str(out),
+                "--video",
+                str(SAMPLE),
+                "What moves?",
+                "--json",
+                "--max-new-tokens",
+                "3",
+                "--option",
+                "rope_mode=reference",
+            ]
+        )
+        == 0
+    )
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # 7 s at 1 fps = 7 frames (padded to 8: 4 temporal patches, all kept); 320x240 resizes to 336x224 (factor 56):
+    # full-res 16x24 patches -> 96 tokens, half-res 8x12 -> 24 tokens per temporal patch after the 2x2 merger.
+    assert payload["num_frames"] == 7
+    assert payload["num_visual_tokens"] == 4 * 96 + 4 * 24
+    assert main(["ask", "--model", str(out), "--video", str(SAMPLE), "q", "--option", "retrieval=paper"]) == 2
+    assert "rope_mode" in capsys.readouterr().err
