@@ -2,8 +2,8 @@
 
 Plugged into the main CLI through the ``flash_vstream.commands`` entry point (``register``)::
 
-    flash-vstream eval run --benchmark mvbench --model M --data /data/MVBench --out runs/mvbench
-    flash-vstream eval score --benchmark videomme --annotations /data/Video-MME --predictions p.jsonl
+    flash-vstream eval run --benchmark mvbench --model M --data DATA_ROOT/MVBench --out runs/mvbench
+    flash-vstream eval score --benchmark videomme --annotations DATA_ROOT/Video-MME --predictions p.jsonl
 
 The judge's API key is read only from the environment (``FLASH_VSTREAM_JUDGE_API_KEY`` or ``OPENAI_API_KEY``).
 """

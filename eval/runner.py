@@ -6,7 +6,7 @@ ids, so an interrupted run resumes where it stopped. When every shard is complet
 ``predictions.jsonl`` and scored into ``results.json`` / ``results.md`` (plus ``submission.{json,csv}`` for
 EgoSchema); with ``torch.distributed`` initialised, rank 0 does this after a barrier.
 
-    python -m flash_vstream.cli eval run --benchmark mvbench --model M --data /data/MVBench --out runs/mvb
+    python -m flash_vstream.cli eval run --benchmark mvbench --model M --data DATA_ROOT/MVBench --out runs/mvb
     torchrun --nproc_per_node=8 -m flash_vstream.cli eval run --benchmark videomme --model M --data D --out O
 """
 
