@@ -87,3 +87,15 @@ def test_mismatched_video_run_raises():
         batch_position_ids(torch.zeros(1, 3, dtype=torch.long), [lay])
     with pytest.raises(ValueError, match="rope_mode"):
         memory_position_ids(lay, 0, "virtual")
+
+
+def test_deltas_continue_after_the_video_block():
+    """Generation continues where the video block's layout says, also when the prompt ends on the video."""
+    lay = layout()
+    for tail in (0, 3):
+        types = torch.tensor([[0] * 2 + [2] * lay.num_tokens + [0] * tail])
+        paper_ids, paper_delta = batch_position_ids(types, [lay], mode="paper")
+        assert int(paper_delta) == int(paper_ids.max()) + 1 - types.shape[1]
+        _, ref_delta = batch_position_ids(types, [lay], mode="reference")
+        # start 2 + |DAM| 18 + max(N_csm, h_csm, w_csm) 5, then the tail of text
+        assert int(ref_delta) == 2 + 18 + 5 + tail - types.shape[1]

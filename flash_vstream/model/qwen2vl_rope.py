@@ -104,6 +104,13 @@ def sequence_position_ids(
     Raises:
         ValueError: on image tokens, or when a video run's length differs from its memory's token count.
     """
+    return _sequence_ids(token_types, layouts, mode)[0]
+
+
+def _sequence_ids(
+    token_types: torch.Tensor, layouts: list[MemoryLayout], mode: str
+) -> tuple[torch.Tensor, int]:
+    """:func:`sequence_position_ids` plus the id a token appended to the sequence would get."""
     parts, next_id, videos = [], 0, iter(layouts)
     for kind, group in itertools.groupby(token_types.tolist()):
         length = len(list(group))
@@ -124,8 +131,8 @@ def sequence_position_ids(
         else:
             raise ValueError("Flash-VStream on Qwen2-VL takes videos only; image tokens are not supported")
     if not parts:
-        return torch.zeros(3, 0, dtype=torch.long)
-    return torch.cat(parts, dim=1)
+        return torch.zeros(3, 0, dtype=torch.long), next_id
+    return torch.cat(parts, dim=1), next_id
 
 
 def batch_position_ids(
@@ -158,12 +165,10 @@ def batch_position_ids(
         types = mm_token_type_ids[b][real.to(device)]
         count = len([k for k, _ in itertools.groupby(types.tolist()) if k == 2])
         mine, pending = pending[:count], pending[count:]
-        ids = sequence_position_ids(types, mine, mode).to(device)
-        position_ids[:, b, real.to(device)] = ids
-        next_id = int(ids.max()) + 1 if ids.numel() else 0
-        if mine and mode == "reference":
-            # The published ids of text after the video follow the virtual grid, not max(ids) + 1.
-            next_id = int(ids[0, -1]) + 1 if types[-1] == 0 else next_id
+        # next_id: where generation continues. In "reference" mode it follows the published virtual grid, which
+        # late CSM ids can exceed, so it is not max(ids) + 1.
+        ids, next_id = _sequence_ids(types, mine, mode)
+        position_ids[:, b, real.to(device)] = ids.to(device)
         deltas.append(next_id - int(types.numel()))
     if pending:
         raise ValueError(f"{len(pending)} encoded videos have no <|video_pad|> run in the prompt")
