@@ -127,3 +127,14 @@ def test_generate_decodes_with_the_same_positions_as_a_full_forward(model, token
 def test_images_are_refused(model):
     with pytest.raises(ValueError, match="videos only"):
         model(input_ids=torch.zeros(1, 4, dtype=torch.long), pixel_values=torch.zeros(4, 1176))
+
+
+def test_generate_refuses_a_video_without_its_grid_or_token_types(model, tokenizer):
+    """Otherwise transformers would silently fall back to 1-D text positions."""
+    inputs = FlashInputBuilder.for_model(model, tokenizer)("What happens?", frames=frames(4))
+    with torch.no_grad():
+        video = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        for missing in ("video_grid_thw", "mm_token_type_ids"):
+            kwargs = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos", missing)}
+            with pytest.raises(ValueError, match="video_grid_thw and mm_token_type_ids"):
+                model.generate(**kwargs, mm_encoder_outputs={"video": video}, max_new_tokens=1)

@@ -229,6 +229,13 @@ class FlashVStreamQwen2VLForConditionalGeneration(Qwen2VLForConditionalGeneratio
                 raise ValueError("pass either pixel_values_videos or mm_encoder_outputs['video'], not both")
             with torch.no_grad():
                 mm_encoder_outputs["video"] = self.model.get_video_features(pixel_values_videos, video_grid_thw)
+        if mm_encoder_outputs.get("video") is not None and (
+            video_grid_thw is None or kwargs.get("mm_token_type_ids") is None
+        ):
+            # Without both, transformers silently falls back to 1-D text positions for the whole prompt.
+            raise ValueError(
+                "generate with a video needs video_grid_thw and mm_token_type_ids (FlashInputBuilder returns both)"
+            )
         if mm_encoder_outputs:
             kwargs["mm_encoder_outputs"] = mm_encoder_outputs
         return super().generate(*args, video_grid_thw=video_grid_thw, **kwargs)
