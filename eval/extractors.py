@@ -51,44 +51,56 @@ def first_letter(reply: str, letters: str = "ABCDE") -> str:
     return match.group(0) if match else ""
 
 
-# Priority of each letter pattern in lmms-eval's extract_mcq_answer (higher wins; among equals the last wins).
-_LMMS_PATTERNS: tuple[tuple[int, str], ...] = (
-    (7, r"(?:answer|option|choice)\s*(?:is|:)?\s*:?\s*\(?({L})\)?(?![A-Za-z])"),
-    (6, r"\(({L})\)"),
-    (5, r"(?<![A-Za-z])({L})\."),
-    (4, r"(?<![A-Za-z])({L}):"),
-    (3, r"(?<![A-Za-z(])({L})\)"),
-    (2, r"(?<![A-Za-z])({L}) "),
-    (0, r"(?<![A-Za-z])({L})(?![A-Za-z])"),
+# lmms-eval extract_mcq_answer: answer phrases (matched case-insensitively, first occurrence of each) ...
+_LMMS_PHRASES = (
+    "the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
+    "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
+    "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select",
+    "i pick", "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选", "答えは",
 )
+# ... and the substring formats with their priorities (higher wins; among equals the last occurrence wins).
+_LMMS_FORMATS = ((6, "({})"), (5, "{}."), (4, "{}:"), (3, "{})"), (2, "{} "))
 
 
 def lmms_mcq_letter(reply: str, choices: Sequence[str] = ("A", "B", "C", "D")) -> str:
     """lmms-eval's shared letter extractor (priority rules of 0.7.2), or ``""`` when nothing matches.
 
-    Candidates, by priority: the reply starts with the letter (10), ends with it (9), an answer phrase such as
-    "the answer is X" (7), ``(X)`` (6), ``X.`` (5), ``X:`` (4), ``X)`` (3), ``X `` (2), a bare letter (0).
-    The highest priority wins; among equals the one latest in the text.
+    The reply is stripped of whitespace and of ``,.!?;:'"`` at both ends, then padded with a space. Candidates,
+    by priority: it starts with a letter not followed by another letter (10); it ends with a letter not
+    preceded by one (9); the first capital of each choice after the first occurrence of an answer phrase such
+    as "the answer is" (7); ``(X)`` (6), ``X.`` (5), ``X:`` (4), ``X)`` (3), ``X `` (2), each its last
+    occurrence and matched as a plain substring (so inside words too); only when none of these matched, the
+    last occurrence of a choice letter anywhere (0). The highest priority wins, then the latest position.
     """
     text = reply.strip()
+    for char in ",.!?;:'\"":
+        text = text.strip(char)
     if not text:
         return ""
-    letters = "|".join(re.escape(c) for c in choices)
+    text = f" {text} "
     candidates: list[tuple[int, int, str]] = []  # (priority, position, letter)
-    start = re.match(rf"\(?({letters})(?![A-Za-z])", text)
-    if start:
-        candidates.append((10, start.start(1), start.group(1)))
-    end = re.search(rf"(?<![A-Za-z])\(?({letters})\)?[.!]?$", text)
-    if end:
-        candidates.append((9, end.start(1), end.group(1)))
-    for priority, pattern in _LMMS_PATTERNS:
-        flags = re.IGNORECASE if priority == 7 else 0
-        for match in re.finditer(pattern.format(L=letters), text, flags):
-            if match.group(1) in choices:
-                candidates.append((priority, match.start(1), match.group(1)))
+    for priority, template in _LMMS_FORMATS:
+        for choice in choices:
+            position = text.rfind(template.format(choice))
+            if position >= 0:
+                candidates.append((priority, position, choice))
+    lowered = text.lower()
+    for phrase in _LMMS_PHRASES:
+        at = lowered.find(phrase)
+        if at >= 0:
+            for choice in choices:
+                position = text.find(choice, at + len(phrase))
+                if position >= 0:
+                    candidates.append((7, position, choice))
+    core = text.strip()
+    for choice in choices:
+        if core.startswith(choice) and (len(core) == 1 or not core[1].isalpha()):
+            candidates.append((10, 0, choice))
+        if core.endswith(choice) and (len(core) == 1 or not core[-2].isalpha()):
+            candidates.append((9, len(text) - 1, choice))
     if not candidates:
-        return ""
-    return max(candidates)[2]
+        candidates = [(0, text.rfind(choice), choice) for choice in choices if choice in text]
+    return max(candidates)[2] if candidates else ""
 
 
 def mmmu_letter(reply: str, options: Sequence[str], item_id: str) -> tuple[str, bool]:
@@ -137,9 +149,15 @@ def lmms_mvbench_letter(reply: str) -> str:
     return match.group(1).upper() if match else ""
 
 
-# Only the first prefix is ever removed by the official script: missing commas in its list glue the others
-# into one string that never occurs. Both entries are kept to reproduce that.
-_VIDEOMME_PREFIXES = ("The best answer is", "The correct answer isThe answer isThe answerThe option is")
+# The official list as written: two missing commas glue the last four prefixes into two strings.
+_VIDEOMME_PREFIXES = (
+    "The best answer is",
+    "The correct answer is",
+    "The answer is",
+    "The answer",
+    "The best option isThe correct option is",
+    "Best answer:Best option:",
+)
 
 
 def videomme_official_letter(reply: str) -> str:

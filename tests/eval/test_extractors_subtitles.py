@@ -23,11 +23,13 @@ def test_fallback_letter_is_deterministic_and_in_range():
 
 @pytest.mark.parametrize(("reply", "letter"), [
     ("B", "B"),  # starts with it
-    ("I think the answer is C.", "C"),  # answer phrase beats the bare "I"... (not a choice) and trailing C
-    ("Options (A) and (B) were considered; the answer is D", "D"),  # phrase (7) beats parentheses (6)
-    ("(A) first, but (C) fits", "A"),  # starts with (A): priority 10
+    ("I think the answer is C.", "C"),  # trailing "." stripped first, then it ends with C (9)
+    ("Options (A) and (B) were considered; the answer is D", "D"),  # ends with D (9) beats "(B)" (6)
+    ("(A) first, but (C) fits", "C"),  # "(" is no letter, so no start (10); "(C)" is the later "(X)" (6)
     ("Between A. and C: it is", "A"),  # "A." (5) beats "C:" (4)
-    ("Maybe B) or C)", "C"),  # ends-with is "C)" (9)
+    ("Maybe B) or C)", "C"),  # no ends-with (the last char is ")"); "C)" is the later "X)" (3)
+    ("The answer is B. Definitely", "D"),  # phrase (7): the first B and the first D after it; D is later
+    ("Based on the video", "B"),  # nothing else matched: a choice letter anywhere, even inside a word (0)
     ("nothing here", ""),
     ("", ""),
 ])
@@ -55,6 +57,8 @@ def test_lmms_mvbench_letter(reply, letter):
 @pytest.mark.parametrize(("reply", "letter"), [
     ("The best answer is B", "B"),
     ("Answer: B", "A"),  # as published: the "A" of "Answer"
+    ("Best answer: C", "B"),  # "Best answer:" is glued to "Best option:" in the list, so never removed
+    ("Best answer:Best option: C", "C"),  # ... only the glued string is
     ("one two three four five six seven eight nine ten eleven", ""),
     ("one two three four five six seven eight nine ten C", "C"),
     ("", ""),
