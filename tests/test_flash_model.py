@@ -138,3 +138,9 @@ def test_generate_refuses_a_video_without_its_grid_or_token_types(model, tokeniz
             kwargs = {k: v for k, v in inputs.items() if k not in ("pixel_values_videos", missing)}
             with pytest.raises(ValueError, match="video_grid_thw and mm_token_type_ids"):
                 model.generate(**kwargs, mm_encoder_outputs={"video": video}, max_new_tokens=1)
+
+
+def test_builder_checks_the_tokenizer_against_the_config(tokenizer):
+    other = make_model(tokenizer, vision_end_token_id=3)
+    with pytest.raises(ValueError, match="vision_end_token_id is 3"):
+        FlashInputBuilder.for_model(other, tokenizer)

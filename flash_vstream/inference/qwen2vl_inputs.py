@@ -48,7 +48,8 @@ class FlashInputBuilder:
         """A builder matching ``model``'s vision config and memory.
 
         Raises:
-            ValueError: when the tokenizer lacks a vision special token or has no chat template.
+            ValueError: when the tokenizer's vision special tokens differ from the config's ids, or it has no chat
+                template.
         """
         vision = model.config.vision_config
         memory = model.flash_memory
@@ -60,12 +61,17 @@ class FlashInputBuilder:
             pool_size=memory.config.temporal_poolsize,
         )
         builder = cls(tokenizer, processor, memory)
-        video_id = tokenizer.convert_tokens_to_ids(builder.video_token)
-        if video_id != model.config.video_token_id:
-            raise ValueError(
-                f"tokenizer maps {builder.video_token} to {video_id} but config.video_token_id is "
-                f"{model.config.video_token_id}; load the tokenizer saved with this checkpoint"
-            )
+        for token, field in (
+            (builder.video_token, "video_token_id"),
+            (builder.vision_start, "vision_start_token_id"),
+            (builder.vision_end, "vision_end_token_id"),
+        ):
+            token_id, expected = tokenizer.convert_tokens_to_ids(token), getattr(model.config, field)
+            if token_id != expected:
+                raise ValueError(
+                    f"tokenizer maps {token} to {token_id} but config.{field} is {expected}; load the "
+                    f"tokenizer saved with this checkpoint"
+                )
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; Qwen2-VL checkpoints ship one")
         return builder
