@@ -91,19 +91,20 @@ class FlashVStreamForCausalLM(FlashVStreamPreTrainedModel):
 
         Args:
             pixel_values: per sample ``(t_i, 3, H, W)`` preprocessed frames (a 5-D tensor counts as a list).
-            features: per sample ``(t_i, n, d)`` pre-extracted CLIP features (the released training data format).
+            features: per sample ``(t_i, n, d)`` pre-extracted CLIP features (the released training data format),
+                on any device and in any float dtype: they are moved to the memory's.
 
         Returns:
             ``(sum_i m_i, h)`` projected visual tokens.
         """
         if features is None:
             features = [self.encode_frames(frames) for frames in pixel_values]
-        tokens = [self.project_memory(self.memory.compress(feats.to(self.vision_dtype))) for feats in features]
+        weight = next(self.memory.parameters())  # features go to the memory's device and dtype
+        tokens = [
+            self.project_memory(self.memory.compress(feats.to(device=weight.device, dtype=weight.dtype)))
+            for feats in features
+        ]
         return torch.cat(tokens, dim=0)
-
-    @property
-    def vision_dtype(self) -> torch.dtype:
-        return next(self.vision_tower.parameters()).dtype
 
     def embed_inputs(
         self,
