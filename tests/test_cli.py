@@ -56,6 +56,17 @@ def test_ask_image_gives_64_visual_tokens(tiny_vicuna, tmp_path, capsys):
     assert payload["num_frames"] == 1 and payload["num_visual_tokens"] == 64
 
 
+def test_answer_counts_one_image_array_as_one_frame(tiny_vicuna):
+    import numpy as np
+
+    from flash_vstream import load_model
+
+    details = load_model(tiny_vicuna).answer_with_details(
+        "Colour?", frames=np.zeros((30, 50, 3), dtype=np.uint8), max_new_tokens=1
+    )
+    assert details.num_frames == 1 and details.num_visual_tokens == 64
+
+
 def test_ask_missing_video_is_one_clear_line(tiny_vicuna, tmp_path, capsys):
     missing = tmp_path / "nope.mp4"
     assert main(["ask", "--model", str(tiny_vicuna), "--video", str(missing), "q"]) == 2

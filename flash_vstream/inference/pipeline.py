@@ -96,7 +96,7 @@ class FlashVStream:
 
         Args:
             question: the user's question.
-            frames: uint8 ``(T, H, W, 3)`` RGB frames (already sampled).
+            frames: uint8 ``(T, H, W, 3)`` RGB frames (already sampled), or one ``(H, W, 3)`` image.
             video: a video file, frame directory or image; frames are sampled with ``self.sampler``.
             features: pre-extracted vision features (families that accept them).
             timestamps: seconds of each frame (informational; the memory orders frames by index).
@@ -112,6 +112,8 @@ class FlashVStream:
             raise ValueError("pass exactly one of frames=, video= or features= to answer()")
         if video is not None:
             frames = read_video(video, sampler=self.sampler).frames
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            frames = frames[None]  # one (H, W, 3) image is a 1-frame video
         inputs = self.input_builder(question, frames=frames, features=features, assistant_prefix=assistant_prefix)
         inputs = {key: _to_device(value, self.device) for key, value in inputs.items()}
         generation.setdefault("do_sample", False)
