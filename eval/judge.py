@@ -268,6 +268,13 @@ class OpenAIJudge:
             raise ValueError("judge model is empty; pass --judge-model or set FLASH_VSTREAM_JUDGE_MODEL")
         if max_retries < 0 or backoff < 0 or timeout <= 0 or max_delay < 0:
             raise ValueError("judge max_retries, backoff and max_delay must be >= 0 and timeout > 0")
+        api_key = api_key.strip()
+        if not (api_key.isascii() and api_key.isprintable()):
+            # http.client would reject the header with a ValueError that quotes the key.
+            raise ValueError(
+                "judge API key holds a control or non-ASCII character; check FLASH_VSTREAM_JUDGE_API_KEY "
+                "(or OPENAI_API_KEY)"
+            )
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.temperature = temperature
@@ -415,7 +422,7 @@ def judge_from_args(
     Args:
         base_url: ``--judge-base-url``.
         model: ``--judge-model``.
-        api_key: ``--judge-api-key`` (prefer the environment: flags show up in process listings).
+        api_key: The key, for Python callers; the CLI has no flag for it and reads only the environment.
         cache_path: ``--judge-cache``, a JSONL verdict cache.
         **kwargs: Passed to :class:`OpenAIJudge` (``timeout``, ``max_retries``, ...).
 
@@ -428,7 +435,7 @@ def judge_from_args(
     key = api_key or _first_env(ENV_API_KEY)
     if not key:
         raise ValueError(
-            "no judge API key: pass --judge-api-key or set FLASH_VSTREAM_JUDGE_API_KEY (or OPENAI_API_KEY); "
+            "no judge API key: set FLASH_VSTREAM_JUDGE_API_KEY (or OPENAI_API_KEY); "
             "for a local server that needs none, set it to any placeholder such as 'none'"
         )
     return OpenAIJudge(

@@ -263,8 +263,9 @@ def test_judge_from_args_flags_then_env(monkeypatch, tmp_path):
     for name in ("FLASH_VSTREAM_JUDGE_BASE_URL", "OPENAI_BASE_URL", "FLASH_VSTREAM_JUDGE_MODEL",
                  "FLASH_VSTREAM_JUDGE_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(ValueError, match="--judge-api-key.*FLASH_VSTREAM_JUDGE_API_KEY"):
+    with pytest.raises(ValueError, match="set FLASH_VSTREAM_JUDGE_API_KEY") as err:
         judge_from_args()
+    assert "--judge-api-key" not in str(err.value)  # the CLI has no such flag
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1/")
     judge = judge_from_args(cache_path=tmp_path / "c.jsonl")
@@ -277,6 +278,14 @@ def test_judge_from_args_flags_then_env(monkeypatch, tmp_path):
     judge = judge_from_args(base_url="http://127.0.0.1:3/v1", model="flag-model", api_key="sk-other")
     assert (judge.base_url, judge.model) == ("http://127.0.0.1:3/v1", "flag-model")
     assert "sk-other" not in repr(judge) and KEY not in repr(judge)
+
+
+def test_key_with_a_line_break_is_rejected_without_showing_it():
+    # http.client's own error for an illegal header value would quote the whole "Bearer <key>" header.
+    assert OpenAIJudge("http://127.0.0.1:1/v1", "m", KEY + "\n")._api_key == KEY  # a trailing newline is trimmed
+    with pytest.raises(ValueError, match="control or non-ASCII") as err:
+        OpenAIJudge("http://127.0.0.1:1/v1", "m", KEY[:6] + "\r\n" + KEY[6:])
+    assert KEY[6:] not in str(err.value)
 
 
 def test_bad_base_url_is_rejected():
