@@ -149,7 +149,6 @@ def config_from_legacy(legacy: PreTrainedConfig, checkpoint_dir: str | Path | No
         for key, value in flat.items()
         if not key.startswith(_LEGACY_IGNORED_PREFIXES)
         and key not in ("model_type", "architectures", "image_aspect_ratio", "_name_or_path", "transformers_version")
-        and not key.startswith("mm_")
     }
     text["model_type"] = "llama"
     tower = flat["mm_vision_tower"]

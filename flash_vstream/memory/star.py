@@ -134,7 +134,7 @@ class SemanticAttention(nn.Module):
         self.out_ln = nn.LayerNorm(dim, eps=1e-12)
 
     def update(self, memory: torch.Tensor, chunk: torch.Tensor, update_ratio: float) -> torch.Tensor:
-        """One chunk update ``M <- M (1 - decay) + A C`` with ``A = r softmax(q(M) k(C)^T / sqrt(dim))``.
+        """One chunk update ``M <- M (1 - decay) + A C`` with ``A = r softmax(q(M) k(C)^T / sqrt(attention_dim))``.
 
         ``decay`` is computed as the row sums of ``A`` (always ``r`` up to rounding), as published. Computes
         in the promoted dtype of inputs and weights and returns ``memory``'s dtype.
