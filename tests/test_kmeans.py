@@ -200,6 +200,9 @@ def test_tolerance_stops_early_and_iters_cap():
     init = kmeans_init_indices(x, 3, 0).tolist()
     cents, _, labels, _ = slow_weighted_lloyd(x.numpy(), 3, None, init, 1, 1e-4)
     np.testing.assert_allclose(one.centroids.numpy(), cents, rtol=1e-5, atol=1e-6)
+    # A tolerance larger than any first shift stops after one iteration; the default runs on from there.
+    assert torch.equal(weighted_kmeans(x, 3, tol=1e9).centroids, one.centroids)
+    assert not torch.equal(weighted_kmeans(x, 3).centroids, one.centroids)
 
 
 def test_result_type_and_errors():
