@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from flash_vstream.memory.flash import DualResFeatures, FlashMemory, FlashMemoryConfig
 from flash_vstream.memory.kmeans import kmeans_init_indices
+from flash_vstream.vision.qwen2vl import FlashFrameProcessor
 
 D = 8
 GRID = (4, 4)  # full-resolution patch grid -> 16 high tokens, 4 low tokens per temporal patch
@@ -51,12 +53,17 @@ def slow_ordered_weighted_kmeans(x, k, weights, times, iters=10, tol=1e-4, seed=
     return centroids[order], masses[order], stamps[order]
 
 
-def slow_klarge_retrieve(centroids, masses, bank_low, n_dam):
-    """Published ``klarge_retrieve`` (§7.6): nearest bank patch (L2) of each of the n_dam heaviest centroids."""
+def slow_klarge_retrieve(centroids, masses, bank_low, n_dam, cosine=False):
+    """Published ``klarge_retrieve`` (§7.6): nearest bank patch (L2) of each of the n_dam heaviest centroids;
+    ``klarge_retrieve_cos`` with ``cosine=True`` (largest cosine similarity)."""
     heavy = sorted(range(len(masses)), key=lambda j: (-float(masses[j]), j))[:n_dam]
     picked = []
     for j in heavy:
-        dists = [float(((bank_low[i] - centroids[j]) ** 2).sum().sqrt()) for i in range(bank_low.shape[0])]
+        if cosine:
+            sims = [float(torch.dot(b, centroids[j]) / (b.norm() * centroids[j].norm())) for b in bank_low]
+            dists = [-s for s in sims]
+        else:
+            dists = [float(((bank_low[i] - centroids[j]) ** 2).sum().sqrt()) for i in range(bank_low.shape[0])]
         picked.append(min(range(len(dists)), key=lambda i: (dists[i], i)))
     return picked
 
@@ -70,6 +77,23 @@ def test_published_token_budgets():
     assert memory.num_tokens(240, grid_hw=(32, 32)) == 11520  # 448x448
     assert memory.num_tokens(240, grid_hw=(24, 40)) == 10800  # 336x560
     assert memory.num_tokens(16, grid_hw=(32, 32)) == 2560
+
+
+@pytest.mark.parametrize(
+    ("frames", "size", "expected"), [(240, (448, 448), 11520), (240, (720, 1280), 10800), (16, (448, 448), 2560)]
+)
+def test_token_counts_from_real_shapes(frames, size, expected):
+    """The published budgets from real grids: frames resized by the processor, then ``compress`` on features."""
+    processor = FlashFrameProcessor()
+    _, grid = processor(np.zeros((2, *size, 3), dtype=np.uint8))
+    t, h, w = processor.grid_thw(frames, *size)
+    assert (h, w) == tuple(grid[0, 1:].tolist())
+    gen = torch.Generator().manual_seed(0)
+    high, low = torch.randn(t, h * w, 4, generator=gen), torch.randn(t, h * w // 4, 4, generator=gen)
+    clip = DualResFeatures(high, low, (h, w))
+    out = FlashMemory(FlashMemoryConfig()).compress(clip)
+    assert out.num_tokens % 4 == 0 and out.num_tokens // 4 == expected  # the merger turns 4 tokens into 1
+    assert out.segments["dam"] == min(t, 30) * h * w and out.segments["csm"] == min(t, 60) * h * w // 4
 
 
 def test_short_clip_passes_through():
@@ -111,7 +135,10 @@ def test_dam_alternative_methods():
     heavy = torch.sort(nearest.extras["csm_weights"], descending=True, stable=True).indices[:3]
     assert nearest.extras["dam_times"].tolist() == nearest.extras["csm_timestamps"][heavy].round().long().tolist()
     cosine = small_memory(spatial_method="klarge_retrieve_cos").compress(clip)
-    assert cosine.segments == nearest.segments
+    csm = cosine.tokens[cosine.segments["dam"] :].view(6, 4, D)
+    picked = slow_klarge_retrieve(csm.flatten(1), cosine.extras["csm_weights"], clip.low.flatten(1), 3, cosine=True)
+    assert cosine.extras["dam_times"].tolist() == picked
+    torch.testing.assert_close(cosine.tokens[: cosine.segments["dam"]], clip.high[picked].flatten(0, 1))
 
 
 def test_one_update_equals_compress():
