@@ -16,12 +16,17 @@ from typing import Any
 __all__ = ["PredictionWriter", "recover_predictions"]
 
 
-def recover_predictions(path: Path) -> list[dict]:
-    """Read the whole records of ``path`` and truncate any torn tail in place.
+def recover_predictions(path: Path, *, truncate: bool = True) -> list[dict]:
+    """Read the whole records of ``path`` and (by default) truncate any torn tail in place.
 
     A line counts as whole when it ends with a newline and parses as a JSON object with an ``id``. Reading
     stops at the first line that is not whole: everything from there on is removed (only the last line can be
     torn in a file written by `PredictionWriter`).
+
+    Args:
+        path: The JSONL file.
+        truncate: Cut the torn tail off the file. Only the process that appends to ``path`` may do this;
+            readers of another rank's shard pass ``False``, since its tail may be a line being written.
 
     Returns:
         The records, in file order (empty when the file does not exist).
@@ -43,7 +48,7 @@ def recover_predictions(path: Path) -> list[dict]:
             break
         records.append(record)
         good_end += len(line)
-    if good_end != len(data):
+    if truncate and good_end != len(data):
         with open(path, "r+b") as handle:
             handle.truncate(good_end)
             handle.flush()

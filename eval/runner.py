@@ -150,7 +150,8 @@ def _merge(out_dir: Path, items: list[Item], world: int) -> list[dict] | None:
     """All shards' records in item order, or ``None`` while some shard is unfinished."""
     by_id: dict[str, dict] = {}
     for rank in range(world):
-        for record in recover_predictions(_shard_path(out_dir, rank, world)):
+        # Read only: another rank may be appending to its shard right now.
+        for record in recover_predictions(_shard_path(out_dir, rank, world), truncate=False):
             by_id[str(record["id"])] = record
     if any(item.id not in by_id for item in items):
         return None

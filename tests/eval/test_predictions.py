@@ -25,3 +25,13 @@ def test_torn_tail_is_truncated_and_appending_continues(tmp_path):
 
 def test_missing_file_reads_as_empty(tmp_path):
     assert recover_predictions(tmp_path / "none.jsonl") == []
+
+
+def test_reading_another_ranks_shard_leaves_its_tail_alone(tmp_path):
+    path = tmp_path / "p.jsonl"
+    with PredictionWriter(path) as writer:
+        writer.write({"id": "1", "prediction": "A"})
+    in_flight = path.read_bytes() + b'{"id": "2", "predic'  # the owner is half way through a write
+    path.write_bytes(in_flight)
+    assert [r["id"] for r in recover_predictions(path, truncate=False)] == ["1"]
+    assert path.read_bytes() == in_flight
