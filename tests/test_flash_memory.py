@@ -177,6 +177,9 @@ def test_stream_rejects_a_new_frame_size():
     other = DualResFeatures(torch.randn(1, 64, D), torch.randn(1, 16, D), (8, 8))
     with pytest.raises(ValueError, match="grid changed"):
         memory.update(state, other)
+    coarser = DualResFeatures(torch.randn(1, 16, D), torch.randn(1, 1, D), GRID, pool_size=4)
+    with pytest.raises(ValueError, match="pool_size changed"):
+        memory.update(state, coarser)
     with pytest.raises(ValueError, match="empty"):
         memory.read(memory.init_state())
 

@@ -48,13 +48,11 @@ class FlashMemoryConfig:
     """Flash Memory settings; the first six mirror the published ``flash_memory_config`` (defaults included).
 
     The published lengths count FRAMES; the memory works on temporal patches of ``temporal_patch_size``
-    frames,
-    so ``N_CSM = temporal_length / 2 = 60`` and ``N_DAM = spatial_length / 2 = 30``.
+    frames, so ``N_CSM = temporal_length / 2 = 60`` and ``N_DAM = spatial_length / 2 = 30``.
     """
 
     temporal_length: int = 120
-    """CSM size in frames (``flash_memory_temporal_length``); N_CSM = temporal_length /
-    temporal_patch_size."""
+    """CSM size in frames (``flash_memory_temporal_length``); N_CSM = temporal_length / temporal_patch_size."""
 
     temporal_method: str = "kmeans_ordered"
     """CSM compressor (``flash_memory_temporal_method``); only the published default is implemented."""
@@ -231,8 +229,7 @@ class FlashMemory(VideoMemory):
     Args:
         config: memory settings.
         spatial_merge_size: the patch merger's window side (``vision_config.spatial_merge_size``), only used
-        to
-            count LLM tokens in :meth:`num_tokens`.
+            to count LLM tokens in :meth:`num_tokens`.
 
     >>> mem = FlashMemory(FlashMemoryConfig())
     >>> mem.num_tokens(240, grid_hw=(32, 32)), mem.num_tokens(240, grid_hw=(24, 40))
@@ -266,12 +263,17 @@ class FlashMemory(VideoMemory):
         """Fold new temporal patches into the centroids (masses and timestamps carried) and the bank.
 
         Raises:
-            ValueError: when the frame size (patch grid) changes within a stream.
+            ValueError: when the frame size (patch grid) or the pooling changes within a stream.
         """
         if state.grid_hw is not None and tuple(features.grid_hw) != tuple(state.grid_hw):
             raise ValueError(
                 f"stream frame grid changed from {state.grid_hw} to {features.grid_hw}; resize every "
                 f"frame of a stream to the same size (FlashFrameProcessor.frame_size of the first frame)"
+            )
+        if state.grid_hw is not None and features.pool_size != state.pool_size:
+            raise ValueError(
+                f"stream pool_size changed from {state.pool_size} to {features.pool_size}; encode every "
+                f"update with the same pool size (FlashMemoryConfig.temporal_poolsize)"
             )
         device = state.device or features.low.device
         t = features.num_patches

@@ -219,9 +219,8 @@ def downsample_patches(
 class FlashVisionTower(Qwen2VisionTransformerPretrainedModel):
     """transformers' Qwen2-VL vision tower plus a pre-merger pass at two resolutions.
 
-    The parameters and their names are the parent's (``patch_embed``, ``blocks``, ``merger``), so
-    checkpoints load
-    unchanged. The merger is applied by the model after Flash Memory has chosen which tokens to keep.
+    The parameters and their names are the parent's (``patch_embed``, ``blocks``, ``merger``), so checkpoints
+    load unchanged. The merger is applied by the model after Flash Memory has chosen which tokens to keep.
     """
 
     def forward_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
