@@ -59,13 +59,15 @@ def test_clip_weights_come_from_mm_vision_tower_when_absent(tmp_path):
 
 
 def _rename_key(directory, old, new):
+    """Rename key ``old`` of a released-layout checkpoint to ``new``, or delete it when ``new`` is None."""
     index_file = directory / "model.safetensors.index.json"
     index = json.loads(index_file.read_text())
     shard = directory / index["weight_map"][old]
     state = load_file(str(shard))
-    state[new] = state.pop(old)
+    tensor, shard_name = state.pop(old), index["weight_map"].pop(old)
+    if new is not None:
+        state[new], index["weight_map"][new] = tensor, shard_name
     save_file(state, str(shard), metadata={"format": "pt"})
-    index["weight_map"][new] = index["weight_map"].pop(old)
     index_file.write_text(json.dumps(index))
 
 
@@ -76,6 +78,14 @@ def test_renamed_key_fails_naming_it(tmp_path):
         load_star_model(tmp_path)
     assert "language_model.model.layers.1.mlp.up_proj.weight" in str(err.value)
     assert "model.layers.1.mlp.upp_proj.weight" in str(err.value)
+
+
+def test_partly_missing_vision_tower_fails_naming_the_key(tmp_path):
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=1)
+    _rename_key(tmp_path, "model.vision_tower.vision_tower.vision_model.post_layernorm.bias", None)
+    with pytest.raises(CheckpointLayoutError) as err:
+        load_star_model(tmp_path)
+    assert "missing keys (1): vision_tower.clip.post_layernorm.bias" in str(err.value)
 
 
 def test_unexpected_extra_key_fails(tmp_path):

@@ -106,7 +106,8 @@ def _strict_load(config: FlashVStreamConfig, path: Path, dtype: torch.dtype, key
         raise CheckpointLayoutError(f"checkpoint {path} has tensors of the wrong shape for its config: {err}") from err
     missing, unexpected = set(info["missing_keys"]), set(info["unexpected_keys"])
     unexpected = {k for k in unexpected if not DERIVED_KEYS.search(k)}
-    clip_missing = bool(missing) and all(k.startswith(VISION_PREFIX) for k in missing)
+    # The whole tower absent means "take CLIP from mm_vision_tower"; a partial tower is a broken checkpoint.
+    clip_missing = missing == {k for k in model.state_dict() if k.startswith(VISION_PREFIX)}
     if clip_missing and not unexpected:
         _load_clip_from_tower(model, config)
     elif missing or unexpected:
