@@ -117,7 +117,7 @@ def flash_item(
     require(record, ["video_id", "question", "answer"], where)
     video_id = str(record["video_id"])
     item_id = str(record.get("id", video_id))
-    video, is_dir = find_media(root, media or flash_media_candidates(video_id))
+    video, is_dir = find_media(root, media or flash_media_candidates(video_id), where)
     categories = {key: record[key] for key in category_keys if record.get(key) is not None}
     answer = record["answer"]
     if isinstance(answer, int) and not isinstance(answer, bool):

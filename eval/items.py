@@ -173,37 +173,44 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
         yield f"{path} row {index}", record
 
 
-def safe_join(root: Path, relative: str) -> Path:
+def safe_join(root: Path, relative: str, where: str = "") -> Path:
     """Join ``relative`` onto ``root``, refusing anything that would land outside the root.
+
+    ``where`` ("<file> line <n>") is put in front of the error message so it names the record.
 
     Raises:
         AnnotationError: For absolute paths and ``..`` escapes.
     """
     # Lexical check only: symlinked media folders under the root (common for large datasets) stay allowed.
     normalized = os.path.normpath(relative.replace("\\", "/"))
+    prefix = f"{where}: " if where else ""
     if os.path.isabs(normalized) or relative.startswith(("/", "\\")):
         raise AnnotationError(
-            f"media path {relative!r} is absolute; annotations must give paths under the data root."
+            f"{prefix}media path {relative!r} is absolute; annotations must give paths under the data root."
         )
     if normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
-        raise AnnotationError(f"media path {relative!r} leaves the data root {root}; remove the '..' parts.")
+        raise AnnotationError(
+            f"{prefix}media path {relative!r} leaves the data root {root}; remove the '..' parts."
+        )
     return Path(root) / normalized
 
 
-def find_media(root: Path, candidates: Sequence[str]) -> tuple[str, bool]:
+def find_media(root: Path, candidates: Sequence[str], where: str = "") -> tuple[str, bool]:
     """Pick the first candidate media path (file or frame folder) that exists under ``root``.
+
+    ``where`` names the record in the error raised for a path that leaves the root (see `safe_join`).
 
     Returns:
         ``(relative path, is_frame_folder)``; when none exists, the first candidate (the runner then records
         the item as skipped with a "missing video" reason).
     """
     for candidate in candidates:
-        path = safe_join(root, candidate)
+        path = safe_join(root, candidate, where)
         if path.is_dir():
             return candidate, True
         if path.is_file():
             return candidate, False
-    safe_join(root, candidates[0])
+    safe_join(root, candidates[0], where)
     return candidates[0], False
 
 

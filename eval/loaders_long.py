@@ -29,8 +29,8 @@ EGOSCHEMA_FULL = ("all_qa.json", "test_qa.json", "questions.json", "MC/*.parquet
 EGOSCHEMA_SUBSET = ("test_qa.json", "questions.json", "Subset/*.parquet", "Subset/*.json*", "*.parquet")
 
 
-def _egoschema_media(root: Path, uid: str) -> tuple[str, bool]:
-    return find_media(root, [f"videos/{uid}.mp4", f"frames/{uid}", f"{uid}.mp4", f"videos/{uid}"])
+def _egoschema_media(root: Path, uid: str, where: str) -> tuple[str, bool]:
+    return find_media(root, [f"videos/{uid}.mp4", f"frames/{uid}", f"{uid}.mp4", f"videos/{uid}"], where)
 
 
 def _egoschema_item(record: dict, where: str, root: Path, answers: dict) -> Item:
@@ -52,7 +52,7 @@ def _egoschema_item(record: dict, where: str, root: Path, answers: dict) -> Item
         uid = str(record["video_id"])
         media = [f"frames/{uid}", f"videos/{uid}.mp4", f"{uid}.mp4"]
         return replace(flash_item(record, where, root, ("duration",), media), extra={"q_uid": uid})
-    video, is_dir = _egoschema_media(root, uid)
+    video, is_dir = _egoschema_media(root, uid, where)
     return Item(
         id=uid,
         video=video,
@@ -98,7 +98,7 @@ def _mlvu_official(record: dict, where: str, root: Path, task_file: str, index: 
         raise AnnotationError(f"{where}: answer {record['answer']!r} is not one of the candidates {options}.")
     task = str(record.get("question_type") or task_file.split("_", 1)[-1])
     name = str(record["video"])
-    video, is_dir = find_media(root, [f"video/{task_file}/{name}", f"video/{name}", name])
+    video, is_dir = find_media(root, [f"video/{task_file}/{name}", f"video/{name}", name], where)
     return Item(
         id=f"{task_file}_{index}",
         video=video,
@@ -117,7 +117,7 @@ def _mlvu_lmms(record: dict, where: str, root: Path, index: int) -> Item:
     stem, parsed = split_options(str(record["question"]))
     options = tuple(str(c) for c in record["candidates"]) if record.get("candidates") else parsed
     name = str(record["video_name"])
-    video, is_dir = find_media(root, [name, f"video/{name}", f"videos/{name}"])
+    video, is_dir = find_media(root, [name, f"video/{name}", f"videos/{name}"], where)
     return Item(
         id=str(record.get("question_id", index)),
         video=video,
@@ -179,7 +179,7 @@ def _lvbench_qa(
         options = tuple(strip_letter(str(option)) for option in qa["options"])
     if len(options) < 2:
         raise AnnotationError(f"{where}: could not find the '(A) ...' option lines in the question.")
-    video, is_dir = find_media(root, video_candidates)
+    video, is_dir = find_media(root, video_candidates, where)
     categories = {k: v for k, v in categories.items() if v}
     categories["question_type"] = _as_list(qa.get("question_type"))
     return Item(

@@ -84,7 +84,7 @@ def _official_item(record: dict, where: str, root: Path, task_name: str, index: 
     options = tuple(str(c) for c in record["candidates"])
     if record["answer"] not in options:
         raise AnnotationError(f"{where}: answer {record['answer']!r} is not one of the candidates {options}.")
-    video, is_dir = find_media(root, _media_candidates(task, str(record["video"])))
+    video, is_dir = find_media(root, _media_candidates(task, str(record["video"])), where)
     start, end = (
         (_seconds(record, "start", where), _seconds(record, "end", where)) if task.bounded else (None, None)
     )

@@ -32,14 +32,15 @@ VIDEOMME_PATTERNS = (
 CATEGORY_KEYS = ("duration", "domain", "sub_category", "task_type")
 
 
-def _media(root: Path, video_name: str) -> tuple[str, bool]:
+def _media(root: Path, video_name: str, where: str) -> tuple[str, bool]:
     names = [f"data/{video_name}.{ext}" for ext in ("mp4", "MP4", "mkv")]
-    return find_media(root, [*names, f"videos/{video_name}.mp4", f"frames/{video_name}", f"{video_name}.mp4"])
+    others = [f"videos/{video_name}.mp4", f"frames/{video_name}", f"{video_name}.mp4"]
+    return find_media(root, [*names, *others], where)
 
 
-def _subtitles(root: Path, video_name: str) -> str | None:
+def _subtitles(root: Path, video_name: str, where: str) -> str | None:
     for candidate in (f"subtitle/{video_name}.srt", f"subtitles/{video_name}.srt"):
-        if safe_join(root, candidate).is_file():
+        if safe_join(root, candidate, where).is_file():
             return candidate
     return None
 
@@ -50,7 +51,7 @@ def _question(question: dict, where: str, root: Path, video_name: str, categorie
     if not raw_options:
         raise AnnotationError(f"{where}: no 'options' (or 'choices') list.")
     options = tuple(strip_letter(str(option)) for option in raw_options)
-    video, is_dir = _media(root, video_name)
+    video, is_dir = _media(root, video_name, where)
     categories = {k: str(v) for k, v in categories.items() if v is not None}
     if question.get("task_type"):
         categories["task_type"] = str(question["task_type"])
@@ -62,7 +63,7 @@ def _question(question: dict, where: str, root: Path, video_name: str, categorie
         answer=letter_to_index(question["answer"], len(options), where),
         categories=categories,
         frames_dir=is_dir,
-        subtitles=_subtitles(root, video_name),
+        subtitles=_subtitles(root, video_name, where),
         source=source,
         extra={
             "question_id": str(question["question_id"]),
@@ -108,10 +109,10 @@ def load_videomme(root: Path, source: str | None = None) -> list[Item]:
             else:
                 item = flash_item(record, where, root, CATEGORY_KEYS)
                 video_id = str(record["video_id"])
-                video, is_dir = _media(root, video_id)
+                video, is_dir = _media(root, video_id, where)
                 if item.frames_dir:
                     video, is_dir = item.video, True
                 items.append(
-                    replace(item, video=video, frames_dir=is_dir, subtitles=_subtitles(root, video_id))
+                    replace(item, video=video, frames_dir=is_dir, subtitles=_subtitles(root, video_id, where))
                 )
     return check_unique_ids(items, files[0])

@@ -139,11 +139,11 @@ def test_media_paths_never_leave_the_root(tmp_path):
     rows = mlvu_lmms_rows()
     rows[4]["video_name"] = "../../outside.mp4"
     write_jsonl(tmp_path / "mlvu" / "test.jsonl", rows)
-    with pytest.raises(AnnotationError, match="leaves the data root"):
+    with pytest.raises(AnnotationError, match=r"test.jsonl line 5: media path .* leaves the data root"):
         get_benchmark("mlvu").load(tmp_path, None)
     rows[4]["video_name"] = "/etc/passwd"
     write_jsonl(tmp_path / "mlvu" / "test.jsonl", rows)
-    with pytest.raises(AnnotationError, match="is absolute"):
+    with pytest.raises(AnnotationError, match=r"test.jsonl line 5: media path .* is absolute"):
         get_benchmark("mlvu").load(tmp_path, None)
 
 
