@@ -201,7 +201,8 @@ def submission_files(
     """EgoSchema submission: ``{q_uid: index}`` JSON (official server) and a Kaggle ``q_uid,answer`` CSV.
 
     Every item with a prediction is included, labelled or not; the letter is read with the profile's
-    EgoSchema rule (its fallback included, so every question gets an answer).
+    EgoSchema rule. The flash-vstream and lmms-eval rules fall back to a deterministic guess, so every
+    question gets an answer; under ``official`` a reply with no letter is left out of the files.
     """
     rules = get_profile(profile).for_family("egoschema")
     by_id = {str(r["id"]): r for r in records}
