@@ -58,6 +58,13 @@ def test_clip_weights_come_from_mm_vision_tower_when_absent(tmp_path):
         assert torch.equal(model.vision_tower.clip.state_dict()[key], tensor), key
 
 
+def test_unloadable_vision_tower_is_a_layout_error(tmp_path):
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", include_vision=False, seed=3)
+    (tmp_path / "clip" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointLayoutError, match="mm_vision_tower"):
+        load_star_model(tmp_path)
+
+
 def _rename_key(directory, old, new):
     """Rename key ``old`` of a released-layout checkpoint to ``new``, or delete it when ``new`` is None."""
     index_file = directory / "model.safetensors.index.json"

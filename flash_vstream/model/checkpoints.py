@@ -152,7 +152,13 @@ def _load_clip_from_tower(model, config: FlashVStreamConfig) -> None:
     name = config.vision_tower_name
     if not name:
         raise CheckpointLayoutError("checkpoint holds no vision-tower weights and its config names no vision tower")
-    clip = CLIPVisionModel.from_pretrained(name, dtype=model.dtype)
+    try:
+        clip = CLIPVisionModel.from_pretrained(name, dtype=model.dtype)
+    except OSError as err:
+        raise CheckpointLayoutError(
+            f"checkpoint holds no vision-tower weights and its vision tower {name!r} (mm_vision_tower) cannot be "
+            f"loaded ({err}); point mm_vision_tower at a CLIP checkpoint directory or a reachable Hub id"
+        ) from err
     model.vision_tower.clip.load_state_dict(clip.state_dict(), strict=True)
 
 
