@@ -91,8 +91,13 @@ def _subtitle_text(root: Path, item: Item, rules: Rules, clip: Any) -> str:
     return select_subtitles(lines, times)
 
 
-def _predict(item: Item, root: Path, spec: Benchmark, rules: Rules, model: Any, reader: Reader) -> dict:
-    """One item's predictions record: ``{"id", "prediction", "frames"}`` or ``{"id", "skipped": reason}``."""
+def _predict(
+    item: Item, root: Path, spec: Benchmark, rules: Rules, model: Callable[[], Any], reader: Reader
+) -> dict:
+    """One item's predictions record: ``{"id", "prediction", "frames"}`` or ``{"id", "skipped": reason}``.
+
+    ``model`` returns the model; it is called only when a video was read, so skipped items load nothing.
+    """
     from flash_vstream.video import VideoError
 
     path = safe_join(root, item.video)
@@ -104,7 +109,7 @@ def _predict(item: Item, root: Path, spec: Benchmark, rules: Rules, model: Any, 
         return {"id": item.id, "skipped": f"unreadable video {item.video}: {err}"}
     subtitles = _subtitle_text(root, item, rules, clip) if spec.with_subtitles else None
     # Frames only (no ``video=``): models take exactly one visual input, and these are the profile's frames.
-    reply = model.answer(
+    reply = model().answer(
         rules.prompt(item, subtitles),
         frames=clip.frames,
         timestamps=clip.timestamps,
@@ -131,19 +136,29 @@ def _run_shard(
 ) -> None:
     from tqdm.auto import tqdm
 
-    done = {str(r["id"]) for r in recover_predictions(path)}
+    # Skipped items (missing or unreadable video) are tried again: the user may have added the video since.
+    # A new record for the same id is appended; merging keeps the last record of each id.
+    done = {str(r["id"]) for r in recover_predictions(path) if not r.get("skipped")}
     pending = [item for item in items if item.id not in done]
     if not pending:
         return
-    if isinstance(model, str):
-        from flash_vstream import load_model
+    loaded: list[Any] = []
 
-        model = load_model(model)
+    def get_model() -> Any:
+        if not loaded:
+            if isinstance(model, str):
+                from flash_vstream import load_model
+
+                loaded.append(load_model(model))
+            else:
+                loaded.append(model)
+        return loaded[0]
+
     with PredictionWriter(path) as writer:
         for item in tqdm(
             pending, desc=f"{spec.name} [rank {rank}]", disable=not progress, dynamic_ncols=True
         ):
-            writer.write(_predict(item, root, spec, rules, model, reader))
+            writer.write(_predict(item, root, spec, rules, get_model, reader))
 
 
 def _merge(out_dir: Path, items: list[Item], world: int) -> list[dict] | None:

@@ -146,6 +146,17 @@ def test_missing_video_is_skipped_with_reason(tmp_path, tiny_video):
     assert reasons["3"].startswith("missing video") and reasons["4"].startswith("unreadable video")
     assert results["metrics"]["accuracy"] == pytest.approx(100 * 5 / 8)  # 0,1,2,5,7 right of the 8 read
 
+    # The user adds the missing video and mends the broken one: a rerun answers just those two.
+    link_video(tiny_video, root / "videos" / "v3.mp4")
+    (root / "videos" / "v4.mp4").unlink()
+    link_video(tiny_video, root / "videos" / "v4.mp4")
+    model = scripted()
+    results = run_benchmark("mlvu", model, root, tmp_path / "out", progress=False)
+    assert len(model.calls) == 2 and results["counts"]["skipped"] == 0
+    assert results["metrics"]["accuracy"] == pytest.approx(100 * 5 / 10)
+    merged = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(merged) == 10 and len({r["id"] for r in merged}) == 10
+
 
 def test_vstream_without_judge_writes_predictions_then_scores_with_one(tmp_path, tiny_video):
     root = vstream_root(tmp_path / "data", tiny_video)
