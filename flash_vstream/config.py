@@ -19,7 +19,8 @@ from transformers.configuration_utils import SubConfigSpec
 
 CONV_TEMPLATES = ("vicuna_v1", "plain", "chat_template")
 ASPECT_MODES = ("pad", "crop")
-FEATURE_SELECTS = ("patch", "cls_patch")
+# The STAR memory pools a square grid of patch tokens, so the CLS token is always dropped (as released).
+FEATURE_SELECTS = ("patch",)
 
 # Released-config field -> StarMemoryConfig field. The released checkpoint's name encodes the same numbers:
 # "weighted_kmeans1*8-25*4-25*1" = N_spa*P_spa - N_tem*P_tem - N_abs*P_abs.
@@ -47,7 +48,7 @@ class FlashVStreamConfig(PreTrainedConfig):
         memory_config: fields of ``StarMemoryConfig`` (``None`` = its defaults: 681 tokens).
         projector_type: ``"linear"``, ``"mlp<N>x_gelu"`` or ``"identity"``.
         vision_feature_layer: hidden layer of the vision tower whose features feed the memory (-2 as released).
-        vision_feature_select: ``"patch"`` drops CLS (as released), ``"cls_patch"`` keeps it.
+        vision_feature_select: ``"patch"``: CLS dropped (as released); the memory pools a square patch grid.
         image_aspect_ratio: ``"pad"`` pads frames to a square with the mean colour before the CLIP transform (as
             released), ``"crop"`` resizes the short side and centre-crops.
         image_token_id: placeholder id of visual tokens in ``input_ids``; -200 lies outside every vocabulary, so the
@@ -97,7 +98,8 @@ class FlashVStreamConfig(PreTrainedConfig):
             raise ValueError(f"image_aspect_ratio must be one of {ASPECT_MODES}, got {self.image_aspect_ratio!r}")
         if self.vision_feature_select not in FEATURE_SELECTS:
             raise ValueError(
-                f"vision_feature_select must be one of {FEATURE_SELECTS}, got {self.vision_feature_select!r}"
+                f"vision_feature_select must be 'patch' (the STAR memory pools a square grid of patch tokens, so the "
+                f"CLS token cannot be kept), got {self.vision_feature_select!r}"
             )
         if not re.fullmatch(r"linear|identity|mlp\d+x_gelu", self.projector_type):
             raise ValueError(f"projector_type must be linear, identity or mlp<N>x_gelu, got {self.projector_type!r}")
@@ -166,7 +168,7 @@ def config_from_legacy(legacy: PreTrainedConfig, checkpoint_dir: str | Path | No
         memory_config=memory,
         projector_type=flat.get("mm_projector_type", "mlp2x_gelu"),
         vision_feature_layer=flat.get("mm_vision_select_layer", -2),
-        vision_feature_select="patch" if flat.get("mm_vision_select_feature", "patch") == "patch" else "cls_patch",
+        vision_feature_select=flat.get("mm_vision_select_feature", "patch"),
         image_aspect_ratio="pad" if flat.get("image_aspect_ratio", "pad") == "pad" else "crop",
         conv_template="vicuna_v1",
         vision_tower_name=tower,

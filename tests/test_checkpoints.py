@@ -146,3 +146,12 @@ def test_missing_checkpoint_dir_is_a_clear_error(tmp_path):
         load_model(str(tmp_path / "nope" / "deeper"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(tmp_path)
+
+
+def test_config_rejects_features_the_memory_cannot_pool():
+    from flash_vstream.config import FlashVStreamConfig
+
+    with pytest.raises(ValueError, match="vision_feature_select must be 'patch'"):
+        FlashVStreamConfig(vision_feature_select="cls_patch")
+    with pytest.raises(ValueError, match="conv_template"):
+        FlashVStreamConfig(conv_template="llava_v9")
