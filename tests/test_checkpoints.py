@@ -155,3 +155,14 @@ def test_config_rejects_features_the_memory_cannot_pool():
         FlashVStreamConfig(vision_feature_select="cls_patch")
     with pytest.raises(ValueError, match="conv_template"):
         FlashVStreamConfig(conv_template="llava_v9")
+
+
+def test_auto_dtype_follows_the_released_config(tmp_path):
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=7)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["torch_dtype"] = "bfloat16"
+    config.pop("dtype", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype="auto")
+    assert model.dtype == torch.bfloat16
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).dtype == torch.float32

@@ -9,6 +9,7 @@ patch; it is idempotent.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -32,10 +33,14 @@ class ReleasedFlashVStreamLoader:
         from flash_vstream.inference.pipeline import resolve_checkpoint
         from flash_vstream.model.checkpoints import load_star_model
 
+        path = Path(resolve_checkpoint(pretrained_model_name_or_path))
         dtype = dtype or torch_dtype or torch.float32
+        if dtype == "auto":  # the dtype the checkpoint was saved in (bf16 for the released weights)
+            saved = json.loads((path / "config.json").read_text())
+            dtype = saved.get("dtype") or saved.get("torch_dtype") or "float32"
         if isinstance(dtype, str):
-            dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
-        return load_star_model(Path(resolve_checkpoint(pretrained_model_name_or_path)), dtype=dtype)
+            dtype = getattr(torch, dtype)
+        return load_star_model(path, dtype=dtype)
 
 
 def register_auto_classes() -> None:
