@@ -166,3 +166,20 @@ def test_auto_dtype_follows_the_released_config(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype="auto")
     assert model.dtype == torch.bfloat16
     assert AutoModelForCausalLM.from_pretrained(tmp_path).dtype == torch.float32
+
+
+def test_released_layout_with_sentencepiece_tokenizer_answers(tmp_path):
+    import numpy as np
+
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=8)
+    assert (tmp_path / "tokenizer.model").is_file() and not (tmp_path / "tokenizer.json").exists()
+    vs = load_model(tmp_path)
+    assert vs.tokenizer.pad_token == "<unk>"  # LLaMA has no pad token; the released training padded with unk
+    frames = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    inputs = vs.input_builder("What moves?", frames=frames)
+    ids = inputs["input_ids"][0].tolist()
+    assert ids[0] == vs.tokenizer.bos_token_id
+    assert ids.count(-200) == vs.model.memory.num_tokens(3)
+    assert vs.tokenizer.decode([i for i in ids if i >= 0]).endswith("What moves? ASSISTANT:")
+    details = vs.answer_with_details("What moves?", frames=frames, max_new_tokens=3)
+    assert details.num_visual_tokens == vs.model.memory.num_tokens(3)

@@ -175,6 +175,8 @@ def load_star_checkpoint(path: Path, *, device: torch.device, dtype: torch.dtype
 
     model = load_star_model(path, dtype=dtype, memory_options=memory_options).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # LLaMA tokenizers have none; the released model was trained with pad = unk
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     config = model.config
     processor = CLIPFrameProcessor.from_vision_config(config.vision_config, aspect=config.image_aspect_ratio)
     builder = StarInputBuilder(model, tokenizer, processor)

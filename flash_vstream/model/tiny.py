@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import CLIPVisionConfig
+from transformers import AutoTokenizer, CLIPVisionConfig
 
 from flash_vstream.config import FlashVStreamConfig
 from flash_vstream.model.checkpoints import to_released_key
-from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer
+from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer, write_tiny_sentencepiece_tokenizer
 
 VARIANTS = ("star-vicuna", "star-qwen2")
 
@@ -107,10 +107,14 @@ def make_tiny_star(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     decoder = "llama" if variant == "star-vicuna" else "qwen2"
-    tokenizer = build_tiny_tokenizer("llama" if decoder == "llama" else "chatml")
+    if layout == "released":  # the released repository's LLaMA SentencePiece tokenizer.model
+        write_tiny_sentencepiece_tokenizer(out)
+        tokenizer = AutoTokenizer.from_pretrained(out)
+    else:
+        tokenizer = build_tiny_tokenizer("llama" if decoder == "llama" else "chatml")
+        tokenizer.save_pretrained(out)
     torch.manual_seed(seed)
     model = FlashVStreamForCausalLM(tiny_star_config(decoder, vocab_size=len(tokenizer)))
-    tokenizer.save_pretrained(out)
     if layout == "own":
         model.save_pretrained(out)
     else:

@@ -11,6 +11,10 @@ tokenizers of the released models closely enough for prompt building to exercise
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -85,3 +89,46 @@ def build_tiny_tokenizer(style: str = "llama", vocab_size: int = 320) -> PreTrai
     )
     fast.chat_template = CHATML_TEMPLATE
     return fast
+
+
+def write_tiny_sentencepiece_tokenizer(out_dir: str | Path, vocab_size: int = 400) -> Path:
+    """Write a LLaMA-style SentencePiece tokenizer (``tokenizer.model`` + ``tokenizer_config.json``) to ``out_dir``.
+
+    This is the tokenizer layout of the released Flash-VStream-7b repository (LLaVA-era LLaMA tokenizers ship no
+    ``tokenizer.json``), so loading tests exercise transformers' SentencePiece conversion.
+    """
+    import sentencepiece as spm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        corpus = Path(scratch) / "corpus.txt"
+        corpus.write_text(_CORPUS * 8)
+        spm.SentencePieceTrainer.train(
+            input=str(corpus),
+            model_prefix=str(Path(scratch) / "tokenizer"),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            byte_fallback=True,
+            character_coverage=1.0,
+            minloglevel=2,
+        )
+        (out / "tokenizer.model").write_bytes((Path(scratch) / "tokenizer.model").read_bytes())
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "model_max_length": 2048,
+        "padding_side": "right",
+        "legacy": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return out
