@@ -9,14 +9,44 @@ from transformers import AutoModelForCausalLM
 
 import flash_vstream  # noqa: F401  (registers the Auto classes)
 from flash_vstream.inference.pipeline import load_model
-from flash_vstream.model.checkpoints import (
-    CheckpointLayoutError,
-    load_star_model,
-    map_released_key,
-    read_state_dict,
-)
+from flash_vstream.model.checkpoints import CheckpointLayoutError, load_star_model, map_released_key
 from flash_vstream.model.modeling import FlashVStreamForCausalLM
 from flash_vstream.model.tiny import make_tiny_star
+
+
+def _load_bin(file: str) -> dict[str, torch.Tensor]:
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory, read straight from its files (independently of transformers).
+
+    ``.bin`` files load with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: when the directory holds no weights file.
+    """
+    for index_name, loader in (
+        ("model.safetensors.index.json", load_file),
+        ("pytorch_model.bin.index.json", _load_bin),
+    ):
+        index = path / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(loader(str(path / shard)))
+            return state
+    for single, loader in (("model.safetensors", load_file), ("pytorch_model.bin", _load_bin)):
+        if (path / single).is_file():
+            return loader(str(path / single))
+    raise FileNotFoundError(
+        f"{path} holds no weights (expected model.safetensors[.index.json] or pytorch_model.bin[.index.json])"
+    )
+
+
+def _load_bin(file: str) -> dict[str, torch.Tensor]:
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.parametrize("weights_format", ["safetensors", "bin"])

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from flash_vstream.config import FlashVStreamConfig, VStreamLegacyConfig, config_from_legacy
@@ -60,37 +59,6 @@ def _swap_prefix(key: str, rules: list[tuple[str, str]]) -> str:
         if key.startswith(old):
             return new + key[len(old) :]
     return key
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read every tensor of a checkpoint directory: single or sharded safetensors, or single or sharded ``.bin``.
-
-    ``.bin`` files load with ``weights_only=True``.
-
-    Raises:
-        FileNotFoundError: when the directory holds no weights file.
-    """
-    for index_name, loader in (
-        ("model.safetensors.index.json", load_file),
-        ("pytorch_model.bin.index.json", _load_bin),
-    ):
-        index = path / index_name
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(loader(str(path / shard)))
-            return state
-    for single, loader in (("model.safetensors", load_file), ("pytorch_model.bin", _load_bin)):
-        if (path / single).is_file():
-            return loader(str(path / single))
-    raise FileNotFoundError(
-        f"{path} holds no weights (expected model.safetensors[.index.json] or pytorch_model.bin[.index.json])"
-    )
-
-
-def _load_bin(file: str) -> dict[str, torch.Tensor]:
-    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def _strict_load(config: FlashVStreamConfig, path: Path, dtype: torch.dtype, key_mapping: dict | None):

@@ -161,13 +161,12 @@ def load_flash_checkpoint(path: Path, *, device: torch.device, dtype: torch.dtyp
     """
     from transformers import AutoTokenizer
 
+    from flash_vstream.inference.options import validate_options
     from flash_vstream.inference.pipeline import FlashVStream
     from flash_vstream.inference.qwen2vl_inputs import FlashInputBuilder
     from flash_vstream.video import FrameSampler
 
-    unknown = set(config_overrides) - {"rope_mode"}
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for a Flash-family checkpoint; supported: rope_mode")
+    validate_options("flash", config_overrides, where="load_model options")
     model = load_flash_model(path, device=device, dtype=dtype, **config_overrides)
     tokenizer = AutoTokenizer.from_pretrained(path)
     builder = FlashInputBuilder.for_model(model, tokenizer)
