@@ -30,7 +30,7 @@ from PIL import Image
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
 
-from flash_vstream.memory.flash import DualResFeatures
+from flash_vstream.vision.features import DualResFeatures
 
 # Normalisation of the Qwen2-VL image processor (the OpenAI CLIP statistics).
 QWEN2VL_MEAN = (0.48145466, 0.4578275, 0.40821073)
