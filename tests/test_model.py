@@ -33,25 +33,69 @@ def test_decoder_class_follows_text_config(tiny_model):
     assert type(tiny_model.language_model).__name__ == expected
 
 
+def _project_by_hand(model, tokens):
+    """The released ``mlp2x_gelu`` projector written out: ``Linear -> exact GELU -> Linear``."""
+    first, second = model.projector[0], model.projector[2]
+    hidden = torch.nn.functional.linear(tokens, first.weight, first.bias)
+    return torch.nn.functional.linear(torch.nn.functional.gelu(hidden), second.weight, second.bias)
+
+
+def _hf_clip_patch_features(model, pixels):
+    """Layer -2 patch tokens from transformers' own ``CLIPVisionModel`` forward (CLS dropped)."""
+    with torch.no_grad():
+        out = model.vision_tower.clip(pixel_values=pixels, output_hidden_states=True)
+    return out.hidden_states[-2][:, 1:]
+
+
+def _pool_by_hand(features, side):
+    """Average-pool ``(t, 256, d)`` row-major 16x16 grids to ``side x side`` with ``avg_pool2d``."""
+    t, _, d = features.shape
+    grid = features.transpose(1, 2).reshape(t, d, 16, 16)
+    return torch.nn.functional.avg_pool2d(grid, 16 // side).flatten(2).transpose(1, 2)  # (t, side*side, d)
+
+
 def test_visual_tokens_land_at_placeholders(tiny_model):
     features = torch.randn(3, 256, 32)
     n = tiny_model.memory.num_tokens(3)
     ph = tiny_model.config.image_token_id
     ids = torch.tensor([[5, 6] + [ph] * n + [7]])
     embeds = tiny_model.embed_inputs(ids, features=[features])
-    expected_visual = tiny_model.project_memory(tiny_model.memory.compress(features))
+    expected_visual = _project_by_hand(tiny_model, tiny_model.memory.compress(features).tokens)
     torch.testing.assert_close(embeds[0, 2 : 2 + n], expected_visual)
-    text = tiny_model.get_input_embeddings()(torch.tensor([5, 6, 7]))
+    text = tiny_model.get_input_embeddings().weight[[5, 6, 7]]
     torch.testing.assert_close(embeds[0, [0, 1, -1]], text)
 
 
-def test_visual_and_frames_paths_agree(tiny_model):
+def test_two_frame_visual_tokens_equal_a_hand_computation(tiny_model):
+    """Pixels -> HF CLIP layer -2 -> the 2-frame STAR memory written out -> the projector written out.
+
+    With 2 frames and one spatial frame the published memory is plain pooling: the older frame gives the
+    abstract token (1x1), the temporal cluster (4x4, a 1-point k-means is the point itself) and the retrieved
+    frame (8x8); the newer frame is the spatial memory (8x8). Order: abstract, temporal, retrieved, spatial.
+    """
+    torch.manual_seed(1)
     pixels = torch.randn(2, 3, 224, 224)
-    features = tiny_model.encode_frames(pixels)
-    a = tiny_model.visual_tokens(pixel_values=[pixels])
-    b = tiny_model.visual_tokens(features=[features])
-    torch.testing.assert_close(a, b)
-    assert a.shape == (tiny_model.memory.num_tokens(2), tiny_model.config.text_config.hidden_size)
+    clip = _hf_clip_patch_features(tiny_model, pixels)
+    older, newer = clip[:1], clip[1:]
+    memory = torch.cat(
+        [_pool_by_hand(older, 1)[0], _pool_by_hand(older, 4)[0], _pool_by_hand(older, 8)[0],
+         _pool_by_hand(newer, 8)[0]]
+    )
+    assert memory.shape[0] == 1 + 16 + 64 + 64 == tiny_model.memory.num_tokens(2)
+    tokens = tiny_model.visual_tokens(pixel_values=[pixels])
+    torch.testing.assert_close(tokens, _project_by_hand(tiny_model, memory))
+
+
+def test_long_clip_pixels_path_equals_hf_clip_then_memory_then_projector(tiny_model):
+    # 30 frames reach every memory part (k-means, semantic-attention update, retrieval); the memory itself is
+    # checked against slow re-statements in test_star_memory.py, so here it only has to receive HF CLIP's
+    # features and hand its tokens to the projector.
+    torch.manual_seed(2)
+    pixels = torch.randn(30, 3, 224, 224)
+    memory = tiny_model.memory.compress(_hf_clip_patch_features(tiny_model, pixels))
+    assert memory.tokens.shape[0] == 681
+    tokens = tiny_model.visual_tokens(pixel_values=[pixels])
+    torch.testing.assert_close(tokens, _project_by_hand(tiny_model, memory.tokens))
 
 
 def test_splice_count_mismatch_names_both_counts():
@@ -76,9 +120,20 @@ def test_embed_with_out_of_vocab_placeholder():
 )
 def test_projector_types(kind, count):
     dim = 16 if kind == "identity" else 24
+    torch.manual_seed(0)
     proj = build_projector(kind, 16, dim)
-    assert sum(isinstance(m, torch.nn.Linear) for m in proj.modules()) == count
-    assert proj(torch.randn(5, 16)).shape == (5, dim)
+    linears = [m for m in proj.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == count
+    x = torch.randn(5, 16)
+    # LLaVA's projectors: the Linears in order with an exact GELU between consecutive ones.
+    expected = x
+    for i, linear in enumerate(linears):
+        expected = torch.nn.functional.linear(expected, linear.weight, linear.bias)
+        if i < count - 1:
+            expected = torch.nn.functional.gelu(expected)
+    with torch.no_grad():
+        torch.testing.assert_close(proj(x), expected)
+    assert expected.shape == (5, dim)
 
 
 def test_projector_rejects_bad_type():
