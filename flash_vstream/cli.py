@@ -3,9 +3,13 @@
 Subcommands:
 
 - ``ask --model M (--video V | --image I) "question" [--json]``: answer a question about a video or an image;
-- ``make-tiny --variant {star-vicuna,star-qwen2,flash-qwen2vl} --out DIR``: write a tiny random checkpoint;
+- ``make-tiny --variant VARIANT --out DIR [--force]``: write a tiny random checkpoint (variants come from the
+  family registry);
 - further commands (``eval``) are contributed by installed packages through the ``flash_vstream.commands``
   entry-point group; each entry point is ``register(subparsers)``.
+
+Only the standard library is imported until a command runs, so ``--help``, ``--version`` and argument errors answer
+at once.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import sys
 import time
 from importlib.metadata import entry_points
 
-TINY_VARIANTS = ("star-vicuna", "star-qwen2", "flash-qwen2vl")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flash-vstream", description="Real-time understanding of long and live video streams (Flash-VStream)."
     )
+    from flash_vstream import __version__
+
+    parser.add_argument("--version", action="version", version=f"flash-vstream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_ask(sub)
     _add_make_tiny(sub)
@@ -40,17 +45,36 @@ def _add_ask(sub) -> None:
     source.add_argument("--image", help="image file (a 1-frame video)")
     ask.add_argument("--json", action="store_true", help="print a JSON object with the answer and token counts")
     ask.add_argument("--max-new-tokens", type=int, default=128, help="generation budget (default 128)")
-    ask.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    ask.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: bf16 on GPU)")
-    ask.add_argument(
+    add_model_arguments(ask)
+    ask.add_argument("--no-progress", action="store_true", help="hide the progress bar of long videos")
+    ask.set_defaults(func=run_ask)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype``, ``--option`` and ``--config``: how a command loads its model (``load_model``)."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    parser.add_argument(
+        "--dtype", default=None, help="bfloat16, float16, float32 or auto (default: bfloat16 on GPU, float32 on CPU)"
+    )
+    parser.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="model option, repeatable: e.g. retrieval=paper (STAR memory), rope_mode=reference (Flash family)",
     )
-    ask.add_argument("--config", default=None, help="YAML preset of model options (see configs/models/)")
-    ask.set_defaults(func=run_ask)
+    parser.add_argument("--config", default=None, help="YAML preset of model options (see configs/models/)")
+
+
+def model_options(args: argparse.Namespace) -> tuple[str | None, dict]:
+    """``(family, options)`` from ``--config`` (a preset names its family) and ``--option`` (which override it)."""
+    family, options = None, {}
+    if args.config:
+        from flash_vstream.families import load_preset
+
+        family, options = load_preset(args.config)
+    options.update(parse_options(args.option))
+    return family, options
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -68,9 +92,12 @@ def parse_options(pairs: list[str]) -> dict:
 
 
 def _add_make_tiny(sub) -> None:
+    from flash_vstream.families import tiny_variants
+
     tiny = sub.add_parser("make-tiny", help="write a tiny random checkpoint for tests and smoke runs")
-    tiny.add_argument("--variant", required=True, choices=TINY_VARIANTS)
-    tiny.add_argument("--out", required=True, help="output directory")
+    tiny.add_argument("--variant", required=True, choices=sorted(tiny_variants()))
+    tiny.add_argument("--out", required=True, help="output directory (must not exist, or be empty, unless --force)")
+    tiny.add_argument("--force", action="store_true", help="write into a non-empty --out, replacing its files")
     tiny.add_argument(
         "--layout",
         choices=("own", "released"),
@@ -82,7 +109,7 @@ def _add_make_tiny(sub) -> None:
         dest="weights_format",
         choices=("safetensors", "bin"),
         default="safetensors",
-        help="weights file format of the released STAR layout (default safetensors)",
+        help="weights file format (default safetensors; bin writes sharded .bin files with an index)",
     )
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.set_defaults(func=run_make_tiny)
@@ -92,16 +119,14 @@ def run_ask(args: argparse.Namespace) -> int:
     from flash_vstream.inference.pipeline import load_model
 
     start = time.perf_counter()
-    options = {}
-    if args.config:
-        from flash_vstream.inference.options import load_options_file
-
-        options = load_options_file(args.config)[1]
-    options.update(parse_options(args.option))
-    model = load_model(args.model, device=args.device, dtype=args.dtype, **options)
+    family, options = model_options(args)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, family=family, **options)
     loaded = time.perf_counter()
     result = model.answer_with_details(
-        args.question, video=args.video or args.image, max_new_tokens=args.max_new_tokens
+        args.question,
+        video=args.video or args.image,
+        max_new_tokens=args.max_new_tokens,
+        progress=not args.no_progress,
     )
     done = time.perf_counter()
     if args.json:
@@ -120,19 +145,20 @@ def run_ask(args: argparse.Namespace) -> int:
 
 
 def run_make_tiny(args: argparse.Namespace) -> int:
-    if args.variant == "flash-qwen2vl":
-        if args.layout != "own":
-            raise SystemExit("make-tiny: --layout applies to the STAR variants; flash-qwen2vl has one layout")
-        from flash_vstream.model.tiny_qwen2vl import make_tiny_flash
+    from pathlib import Path
 
-        out = make_tiny_flash(args.out, seed=args.seed)
-    else:
-        from flash_vstream.model.tiny import make_tiny_star
+    from flash_vstream.families import tiny_variants
 
-        out = make_tiny_star(
-            args.out, args.variant, layout=args.layout, weights_format=args.weights_format, seed=args.seed
-        )
-    print(f"wrote tiny {args.variant} checkpoint to {out}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise FileExistsError(f"--out {out} already holds files; pass --force to overwrite them, or a new --out")
+    family = tiny_variants()[args.variant]
+    written = family.resolve("make_tiny")(
+        out, variant=args.variant, layout=args.layout, weights_format=args.weights_format, seed=args.seed
+    )
+    print(f"wrote tiny {args.variant} checkpoint ({args.layout} layout, {args.weights_format}) to {written}")
     return 0
 
 
@@ -141,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         # Bad input (a missing video, a wrong checkpoint layout, a bad flag value): one clear line, no traceback.
         print(f"flash-vstream {args.command}: error: {err}", file=sys.stderr)
         return 2

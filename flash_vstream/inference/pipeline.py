@@ -14,7 +14,6 @@ returned dict goes to ``model.generate`` unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from flash_vstream.video import FrameSampler, read_video
 
@@ -47,11 +47,12 @@ class FlashVStream:
     """A loaded model plus everything needed to answer questions about videos.
 
     Args:
-        model: a family model (``FlashVStreamForCausalLM`` or the Flash-Memory Qwen2-VL model).
+        model: a family model (``FlashVStreamForCausalLM`` or the Flash-Memory Qwen-VL model).
         tokenizer: its tokenizer.
-        input_builder: the family's input builder (see the module docstring).
+        input_builder: the family's input builder (see the module docstring); its ``count_visual_tokens(inputs)``
+            says how many visual tokens a built input holds (for reporting).
         sampler: how frames are picked from a video file when the caller passes ``video=``.
-        visual_token_counter: ``inputs -> int``, how many visual tokens a built input holds (for reporting).
+        family: the family's registry name (``"star"``, ``"flash"``).
     """
 
     def __init__(
@@ -60,13 +61,14 @@ class FlashVStream:
         tokenizer,
         input_builder: Callable[..., dict[str, Any]],
         sampler: FrameSampler,
-        visual_token_counter: Callable[[dict[str, Any]], int],
+        *,
+        family: str | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.input_builder = input_builder
         self.sampler = sampler
-        self.visual_token_counter = visual_token_counter
+        self.family = family
 
     @property
     def device(self) -> torch.device:
@@ -90,6 +92,7 @@ class FlashVStream:
         timestamps: np.ndarray | None = None,
         assistant_prefix: str = "",
         max_new_tokens: int = 16,
+        progress: bool = False,
         **generation,
     ) -> Answer:
         """Answer ``question`` about a video given as a file, decoded frames or pre-extracted features.
@@ -102,6 +105,7 @@ class FlashVStream:
             timestamps: seconds of each frame (informational; the memory orders frames by index).
             assistant_prefix: text the assistant's reply starts with (e.g. ``"Best option: ("``).
             max_new_tokens: generation budget.
+            progress: show a progress bar while a long ``video`` is decoded.
             **generation: further ``generate`` arguments (greedy decoding by default).
 
         Returns:
@@ -124,7 +128,7 @@ class FlashVStream:
         text = self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
         num_frames = len(frames) if frames is not None else len(features)
         prompt_len = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
-        return Answer(text, num_frames, self.visual_token_counter(inputs), prompt_len)
+        return Answer(text, num_frames, self.input_builder.count_visual_tokens(inputs), prompt_len)
 
 
 def _to_device(value, device: torch.device):
@@ -150,63 +154,53 @@ def load_model(
     name_or_path: str | Path,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    *,
+    family: str | None = None,
     **options,
 ) -> FlashVStream:
     """Load a checkpoint (a local directory or a Hugging Face Hub id) into a ready :class:`FlashVStream`.
 
-    Dispatches on the checkpoint's own ``model_type`` (see :mod:`flash_vstream.model.registry`).
+    Dispatches on the checkpoint's own ``model_type`` through the family registry (:mod:`flash_vstream.families`).
 
     Args:
         name_or_path: local checkpoint directory or Hub id such as ``"IVGSZ/Flash-VStream-7b"``.
-        device: where to put the model (default: CUDA when available, else CPU).
-        dtype: weights dtype (default: bf16 on CUDA, fp32 on CPU). Strings like ``"bfloat16"`` are accepted.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (default: CUDA when available, else CPU).
+        dtype: ``"bfloat16"``, ``"float16"``, ``"float32"``, ``"auto"`` (the checkpoint's) or a ``torch.dtype``
+            (default: bf16 on CUDA, fp32 on CPU).
+        family: the family the caller expects (e.g. from a preset); another family's checkpoint is an error.
         **options: family options, e.g. ``retrieval="paper"`` (STAR memory fields) or ``rope_mode="reference"``
             (Flash family); an unknown option is an error naming it.
 
     Raises:
-        FileNotFoundError: when the path has no ``config.json``.
-        ValueError: for an unsupported ``model_type`` or a checkpoint whose keys don't match its layout.
+        FileNotFoundError: when the checkpoint cannot be found or fetched.
+        ValueError: for a bad device/dtype/option, an unsupported ``model_type``, an invalid ``config.json`` or
+            a checkpoint whose keys don't match its layout.
     """
-    from flash_vstream.model.registry import get_loader
+    from transformers import AutoTokenizer
 
+    from flash_vstream.families import family_for_model_type
+    from flash_vstream.inference.loading import read_model_type, resolve_checkpoint, resolve_device, resolve_dtype
+    from flash_vstream.model.auto import register_auto_classes
+
+    device = resolve_device(device)
     path = resolve_checkpoint(name_or_path)
-    model_type = read_model_type(path)
-    device = torch.device(device) if device is not None else _default_device()
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return get_loader(model_type)(path, device=device, dtype=dtype, **options)
-
-
-def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A local directory as is; otherwise a Hub id, fetched into the local Hugging Face cache."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise FileNotFoundError(f"--model {str(name_or_path)!r} is a file; pass the checkpoint directory")
-    if str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
-        raise FileNotFoundError(
-            f"checkpoint directory {str(name_or_path)!r} does not exist (and it is not a Hub id like 'org/name')"
+    dtype = resolve_dtype(dtype, device, checkpoint=path)
+    found = family_for_model_type(read_model_type(path))
+    if family is not None and family != found.name:
+        raise ValueError(
+            f"the options are for the {family} family but {path} is a {found.name} checkpoint "
+            f"({found.description}); use a preset made for {found.name} models"
         )
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(name_or_path)))
-
-
-def read_model_type(path: Path) -> str:
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json; is it a checkpoint directory?")
+    options = found.check_options(options, where="model options")
+    register_auto_classes()
     try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON ({err}); the checkpoint is corrupt") from err
-    if "model_type" not in config:
-        raise ValueError(f"{config_file} has no 'model_type' field, so its model family is unknown")
-    return config["model_type"]
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        model = found.resolve("load_model")(path, dtype=dtype, device=device, **options)
+    except StrictDataclassError as err:  # a config.json field of the wrong type or an impossible combination
+        cause = str(err.__cause__ or err).strip().replace("\n", " ")
+        raise ValueError(f"{path / 'config.json'} is invalid: {cause}. Fix that field in config.json") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} holds no loadable tokenizer ({err}); save the tokenizer beside the weights") from None
+    builder = found.resolve("input_builder").for_model(model, tokenizer)
+    return FlashVStream(model, tokenizer, builder, found.sampler.build(), family=found.name)

@@ -24,6 +24,20 @@ class StarInputBuilder:
         self.tokenizer = tokenizer
         self.processor = processor
 
+    @classmethod
+    def for_model(cls, model, tokenizer) -> StarInputBuilder:
+        """A builder matching ``model``'s vision tower; gives a LLaMA tokenizer without a pad token one.
+
+        The released model was trained with pad = unk (LLaMA tokenizers have no pad token).
+        """
+        from flash_vstream.vision.clip import CLIPFrameProcessor
+
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        config = model.config
+        processor = CLIPFrameProcessor.from_vision_config(config.vision_config, aspect=config.image_aspect_ratio)
+        return cls(model, tokenizer, processor)
+
     def __call__(
         self,
         question: str,

@@ -30,7 +30,7 @@ class ReleasedFlashVStreamLoader:
     def from_pretrained(cls, pretrained_model_name_or_path, *args, dtype=None, torch_dtype=None, **kwargs):
         import torch
 
-        from flash_vstream.inference.pipeline import resolve_checkpoint
+        from flash_vstream.inference.loading import resolve_checkpoint
         from flash_vstream.model.checkpoints import load_star_model
 
         path = Path(resolve_checkpoint(pretrained_model_name_or_path))

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from flash_vstream.config import FlashVStreamConfig, VStreamLegacyConfig, config_from_legacy
 
@@ -130,44 +129,49 @@ def _load_clip_from_tower(model, config: FlashVStreamConfig) -> None:
     model.vision_tower.clip.load_state_dict(clip.state_dict(), strict=True)
 
 
-def load_star_checkpoint(path: Path, *, device: torch.device, dtype: torch.dtype, **memory_options):
-    """Load a STAR-family checkpoint directory into a ready :class:`~flash_vstream.inference.pipeline.FlashVStream`.
+def validate_star_options(options: dict) -> dict:
+    """The STAR family's options schema: fields of ``StarMemoryConfig`` (e.g. ``retrieval``, ``bank_capacity``).
+
+    Raises:
+        ValueError: naming an unknown option (and listing the known ones) or a bad value.
+    """
+    from flash_vstream.memory.star import StarMemoryConfig
+
+    fields = StarMemoryConfig().to_dict()
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown STAR option(s) {unknown}; STAR options are the memory fields {sorted(fields)}")
+    StarMemoryConfig.from_dict({**fields, **options})  # validates the values, naming a bad one
+    return dict(options)
+
+
+def load_star_model(
+    path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, **options
+):
+    """Load the ``FlashVStreamForCausalLM`` of a released-layout or own-format directory, strictly.
 
     Handles ``model_type`` ``"vstream"`` (released layout, converted) and ``"flash_vstream"`` (own format).
-    ``memory_options`` override ``StarMemoryConfig`` fields, e.g. ``retrieval="paper"``.
-    """
-    from flash_vstream.inference.pipeline import FlashVStream
-    from flash_vstream.inference.star_inputs import StarInputBuilder
-    from flash_vstream.video import FrameSampler
-    from flash_vstream.vision.clip import CLIPFrameProcessor
-
-    model = load_star_model(path, dtype=dtype, memory_options=memory_options).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:  # LLaMA tokenizers have none; the released model was trained with pad = unk
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    config = model.config
-    processor = CLIPFrameProcessor.from_vision_config(config.vision_config, aspect=config.image_aspect_ratio)
-    builder = StarInputBuilder(model, tokenizer, processor)
-    # The released model saw 1-fps video; cap the frame count so very long files stay cheap to decode.
-    sampler = FrameSampler(policy="fps", target_fps=1.0, min_frames=1, max_frames=14400)
-    return FlashVStream(model, tokenizer, builder, sampler, builder.count_visual_tokens)
-
-
-def load_star_model(path: Path, *, dtype: torch.dtype = torch.float32, memory_options: dict | None = None):
-    """Load just the ``FlashVStreamForCausalLM`` from a released-layout or own-format directory, strictly.
 
     Args:
         path: checkpoint directory.
         dtype: weights dtype.
-        memory_options: ``StarMemoryConfig`` fields to override (validated; unknown names are an error).
+        device: where to put the model (default: stay on the CPU).
+        **options: ``StarMemoryConfig`` fields to override, e.g. ``retrieval="paper"`` (validated by
+            :func:`validate_star_options`).
+
+    Raises:
+        CheckpointLayoutError: for missing, unexpected or mis-shaped keys, naming them.
+        ValueError: for an unknown option or a bad value.
     """
+    path = Path(path)
+    options = validate_star_options(options)
     config_dict = json.loads((path / "config.json").read_text())
     released = config_dict["model_type"] == "vstream"
     if released:
         config = config_from_legacy(VStreamLegacyConfig.from_dict(config_dict), checkpoint_dir=path)
     else:
         config = FlashVStreamConfig.from_dict(config_dict)
-    if memory_options:
-        config.memory_config = {**config.memory_config, **memory_options}
-        config.star_memory_config()  # validates: names the unknown field or bad value
-    return _strict_load(config, path, dtype, key_mapping=RELEASED_KEY_MAP if released else None)
+    if options:
+        config.memory_config = {**config.memory_config, **options}
+    model = _strict_load(config, path, dtype, key_mapping=RELEASED_KEY_MAP if released else None)
+    return model if device is None else model.to(device)

@@ -89,7 +89,7 @@ def make_tiny_star(
         out_dir: target directory (created).
         variant: ``"star-vicuna"`` (LLaMA decoder) or ``"star-qwen2"`` (Qwen2 decoder).
         layout: ``"own"`` or ``"released"`` (see the module docstring).
-        weights_format: released layout only: ``"safetensors"`` or ``"bin"`` shards.
+        weights_format: ``"safetensors"`` or ``"bin"`` (sharded ``.bin`` files with an index), for both layouts.
         include_vision: released layout only: whether the CLIP weights are in the checkpoint (else they load from
             the ``clip/`` folder named by ``mm_vision_tower``).
         max_shard_bytes: shard size for the released layout (small, so tests see several shards).
@@ -104,6 +104,8 @@ def make_tiny_star(
         raise ValueError(f"unknown tiny variant {variant!r}; choose one of {VARIANTS}")
     if layout not in ("own", "released"):
         raise ValueError(f"layout must be 'own' or 'released', got {layout!r}")
+    if weights_format not in ("safetensors", "bin"):
+        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     decoder = "llama" if variant == "star-vicuna" else "qwen2"
@@ -117,6 +119,10 @@ def make_tiny_star(
     model = FlashVStreamForCausalLM(tiny_star_config(decoder, vocab_size=len(tokenizer)))
     if layout == "own":
         model.save_pretrained(out)
+        if weights_format == "bin":  # transformers 5.x saves only safetensors; rewrite the weights as .bin shards
+            for saved in out.glob("model*.safetensors*"):
+                saved.unlink()
+            write_weight_shards(model.state_dict(), out, "bin", max_shard_bytes)
     else:
         write_released_layout(model, out, weights_format, include_vision, max_shard_bytes)
     return out
@@ -155,8 +161,6 @@ def released_config_dict(config: FlashVStreamConfig, vision_tower: str) -> dict:
 
 def write_released_layout(model, out: Path, weights_format: str, include_vision: bool, max_shard_bytes: int) -> None:
     """Save ``model`` in the released layout: flat config, renamed keys, sharded weights, CLIP in ``clip/``."""
-    if weights_format not in ("safetensors", "bin"):
-        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
     clip_dir = out / "clip"
     model.vision_tower.clip.config.save_pretrained(clip_dir)
     if not include_vision:
@@ -167,7 +171,7 @@ def write_released_layout(model, out: Path, weights_format: str, include_vision:
         for k, v in model.state_dict().items()
         if include_vision or not k.startswith("vision_tower.")
     }
-    _write_shards(state, out, weights_format, max_shard_bytes)
+    write_weight_shards(state, out, weights_format, max_shard_bytes)
 
 
 def _released_name(key: str) -> str:
@@ -177,7 +181,8 @@ def _released_name(key: str) -> str:
     return name
 
 
-def _write_shards(state: dict[str, torch.Tensor], out: Path, weights_format: str, max_shard_bytes: int) -> None:
+def write_weight_shards(state: dict[str, torch.Tensor], out: Path, weights_format: str, max_shard_bytes: int) -> None:
+    """Write ``state`` as ``model-0000i-of-0000n.safetensors`` or ``pytorch_model-...bin`` shards plus the index."""
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key, tensor in state.items():

@@ -1,0 +1,238 @@
+"""The family registry: one record per model family, registered in one place.
+
+A *family* is a way of turning video into visual tokens for a language model (the STAR memory on CLIP, Flash Memory
+inside Qwen-VL, ...). Its record says everything the rest of the code base needs to know about it:
+
+- which checkpoint ``model_type`` values it loads (``load_model`` dispatches on the checkpoint's own
+  ``config.json``, never on its path);
+- its config class, its model loader (which returns only the model), its input builder, its frame-sampling
+  preset, its ``make-tiny`` builder and variants, and its options schema.
+
+Every callable is named as a ``"package.module:attribute"`` string and imported on first use, so importing this
+module (and ``flash-vstream --help``) stays cheap: a family's heavy imports happen only when it is used.
+
+Adding a family means one new module with those callables plus one :func:`register_family` call in
+:func:`_builtin_families`.
+
+>>> family_for_model_type("vstream").name
+'star'
+>>> sorted(tiny_variants())[:2]
+['flash-qwen2_5vl', 'flash-qwen2vl']
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SamplerPreset:
+    """How a family samples frames from a video file by default (the fields of ``video.FrameSampler``)."""
+
+    policy: str = "fps"
+    """Index policy: "fps", "uniform" or "segment_middle"."""
+    target_fps: float = 1.0
+    """Frames per second of the "fps" policy (both released families saw 1-fps video)."""
+    min_frames: int = 1
+    """Fewest frames of the "fps" policy."""
+    max_frames: int = 240
+    """Most frames of the "fps" policy (uniformly re-sampled above it)."""
+
+    def build(self):
+        """The :class:`~flash_vstream.video.FrameSampler` of this preset."""
+        from flash_vstream.video.sampling import FrameSampler
+
+        return FrameSampler(
+            policy=self.policy, target_fps=self.target_fps, min_frames=self.min_frames, max_frames=self.max_frames
+        )
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    Attributes:
+        name: short name used by presets (``family: star``) and messages.
+        description: one line for ``--help`` and errors.
+        model_types: checkpoint ``config.json`` ``model_type`` values this family loads.
+        config_class: ``"module:Class"`` of the family's own Hugging Face config.
+        load_model: ``"module:function"`` with the signature ``(path, *, dtype, device, **options) -> model``;
+            it validates ``options`` itself (through ``validate_options``) and returns only the model.
+        input_builder: ``"module:Class"`` whose ``for_model(model, tokenizer)`` returns the callable that turns
+            ``(question, frames=|features=, assistant_prefix=)`` into ``generate`` kwargs.
+        validate_options: ``"module:function"`` ``(options: dict) -> dict``, the options schema: raises
+            ``ValueError`` naming an unknown option or a bad value.
+        make_tiny: ``"module:function"`` ``(out, *, variant, layout, weights_format, seed) -> Path``.
+        tiny_variants: ``make-tiny --variant`` names this family builds.
+        sampler: default frame sampling for ``answer(video=...)``.
+    """
+
+    name: str
+    description: str
+    model_types: tuple[str, ...]
+    config_class: str
+    load_model: str
+    input_builder: str
+    validate_options: str
+    make_tiny: str
+    tiny_variants: tuple[str, ...]
+    sampler: SamplerPreset = field(default_factory=SamplerPreset)
+
+    def resolve(self, attribute: str) -> Any:
+        """Import and return the object a ``"module:attribute"`` field names (``attribute`` is the field name)."""
+        module_name, _, name = getattr(self, attribute).partition(":")
+        return getattr(importlib.import_module(module_name), name)
+
+    def check_options(self, options: dict, where: str = "options") -> dict:
+        """Validate ``options`` against the family's schema without loading a model.
+
+        Raises:
+            ValueError: naming ``where``, the bad option and the valid ones.
+        """
+        try:
+            return self.resolve("validate_options")(dict(options))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from err
+
+
+_REGISTRY: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add ``family`` to the registry.
+
+    Raises:
+        ValueError: when its name, a model type or a tiny variant is already taken.
+    """
+    if family.name in _REGISTRY:
+        raise ValueError(f"a model family named {family.name!r} is already registered")
+    for other in _REGISTRY.values():
+        for kind, mine, theirs in (
+            ("model_type", family.model_types, other.model_types),
+            ("make-tiny variant", family.tiny_variants, other.tiny_variants),
+        ):
+            clash = sorted(set(mine) & set(theirs))
+            if clash:
+                raise ValueError(f"{kind} {clash} of family {family.name!r} is already family {other.name!r}'s")
+    _REGISTRY[family.name] = family
+    return family
+
+
+@cache
+def _builtin_families() -> None:
+    """Register the families that ship with flash-vstream (once, on first use of the registry)."""
+    register_family(
+        Family(
+            name="star",
+            description="Flash-VStream STAR memory (2024): CLIP ViT-L/14 + spatial/temporal/abstract/retrieved "
+            "memory + any causal LM",
+            model_types=("vstream", "flash_vstream"),
+            config_class="flash_vstream.config:FlashVStreamConfig",
+            load_model="flash_vstream.model.checkpoints:load_star_model",
+            input_builder="flash_vstream.inference.star_inputs:StarInputBuilder",
+            validate_options="flash_vstream.model.checkpoints:validate_star_options",
+            make_tiny="flash_vstream.model.tiny:make_tiny_star",
+            tiny_variants=("star-vicuna", "star-qwen2"),
+            # The released model saw 1-fps video; the cap keeps very long files cheap to decode (4 h).
+            sampler=SamplerPreset(max_frames=14400),
+        )
+    )
+    register_family(
+        Family(
+            name="flash",
+            description="Flash-VStream Flash Memory (ICCV 2025) inside Qwen2-VL / Qwen2.5-VL",
+            model_types=(
+                "flash_vstream_qwen2_vl",
+                "flash_vstream_qwen2_5_vl",
+                "qwen2_vl",
+                "qwen2_5_vl",
+            ),
+            config_class="flash_vstream.model.qwen2vl:FlashVStreamQwen2VLConfig",
+            load_model="flash_vstream.model.qwen2vl_checkpoints:load_flash_model",
+            input_builder="flash_vstream.inference.qwen2vl_inputs:FlashInputBuilder",
+            validate_options="flash_vstream.model.qwen2vl_checkpoints:validate_flash_options",
+            make_tiny="flash_vstream.model.tiny_qwen2vl:make_tiny_flash",
+            tiny_variants=("flash-qwen2vl", "flash-qwen2_5vl"),
+            # The published evaluation: 1 fps, at most 240 frames, uniformly re-sampled above.
+            sampler=SamplerPreset(max_frames=240),
+        )
+    )
+
+
+def families() -> dict[str, Family]:
+    """All registered families by name."""
+    _builtin_families()
+    return dict(_REGISTRY)
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    known = families()
+    if name not in known:
+        raise ValueError(f"unknown model family {name!r}; known families: {', '.join(sorted(known))}")
+    return known[name]
+
+
+def family_for_model_type(model_type: str) -> Family:
+    """The family that loads checkpoints of ``model_type``.
+
+    Raises:
+        ValueError: when no family does; the message lists the supported model types.
+    """
+    for family in families().values():
+        if model_type in family.model_types:
+            return family
+    raise ValueError(
+        f"checkpoint has model_type {model_type!r}, which flash-vstream cannot load; supported model types: "
+        f"{', '.join(supported_model_types())}. Point --model at a Flash-VStream, Qwen2-VL or Qwen2.5-VL checkpoint."
+    )
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for family in families().values() for t in family.model_types)
+
+
+def tiny_variants() -> dict[str, Family]:
+    """``make-tiny --variant`` name -> the family that builds it."""
+    return {variant: family for family in families().values() for variant in family.tiny_variants}
+
+
+def load_preset(path: str | Path) -> tuple[str, dict]:
+    """Read and validate a model-options preset (``configs/models/*.yaml``); returns ``(family, options)``.
+
+    A preset names the family it is for and the options ``load_model`` receives::
+
+        # flash-vstream ask --model IVGSZ/Flash-VStream-7b --config configs/models/star-paper-retrieval.yaml ...
+        family: star
+        options:
+          retrieval: paper
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        ValueError: for malformed YAML, unknown keys, an unknown family or an invalid option, naming the file.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"preset {path} does not exist; pass a YAML file such as configs/models/<name>.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
+    if not isinstance(data, dict) or set(data) - {"family", "options"}:
+        raise ValueError(f"{path}: expected a mapping with the keys 'family' and 'options'")
+    name, options = data.get("family"), data.get("options") or {}
+    if name not in families():
+        raise ValueError(f"{path}: 'family' must be one of {sorted(families())}, got {name!r}")
+    if not isinstance(options, dict):
+        raise ValueError(f"{path}: 'options' must be a mapping of option names to values")
+    return name, get_family(name).check_options(options, where=str(path))
