@@ -1,14 +1,14 @@
 """Strict loading of the released Flash-VStream-7b layout and the project's own format."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-import flash_vstream  # noqa: F401  (registers the Auto classes)
-from flash_vstream.inference.pipeline import load_model
+from flash_vstream import load_model, register_auto_classes
 from flash_vstream.model.checkpoints import CheckpointLayoutError, load_star_model, map_released_key
 from flash_vstream.model.modeling import FlashVStreamForCausalLM
 from flash_vstream.model.tiny import make_tiny_star
@@ -45,24 +45,95 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
     )
 
 
-def _load_bin(file: str) -> dict[str, torch.Tensor]:
-    return torch.load(file, map_location="cpu", weights_only=True)
+GOLDEN_KEYS = Path(__file__).parent / "golden" / "flash_vstream_7b_tiny_keys.txt"
+
+
+def golden_released_keys() -> dict[str, tuple[int, ...]]:
+    """``name -> shape`` of the tiny released layout, from the golden file (see tests/golden/README.md)."""
+    keys = {}
+    for line in GOLDEN_KEYS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, shape = line.split()
+            keys[name] = tuple(int(n) for n in shape.split("x"))
+    return keys
 
 
 @pytest.mark.parametrize("weights_format", ["safetensors", "bin"])
-def test_released_layout_loads_strictly_and_exactly(tmp_path, weights_format):
+def test_released_layout_writes_exactly_the_golden_keys_and_loads_them(tmp_path, weights_format):
     make_tiny_star(tmp_path, "star-vicuna", layout="released", weights_format=weights_format, seed=1)
     stem = "model" if weights_format == "safetensors" else "pytorch_model"
     index = json.loads((tmp_path / f"{stem}.{weights_format}.index.json").read_text())
     assert len(set(index["weight_map"].values())) >= 2, "the test should exercise several shards"
     released = read_state_dict(tmp_path)
-    assert any(k.startswith("model.vision_tower.vision_tower.vision_model.") for k in released)
-    assert "model.mm_projector.2.weight" in released and "model.attention_model.out_ln.bias" in released
+    golden = golden_released_keys()
+    missing, extra = sorted(set(golden) - set(released)), sorted(set(released) - set(golden))
+    assert not missing and not extra, f"not written: {missing}; not in the released layout: {extra}"
+    wrong_shape = {k: (tuple(t.shape), golden[k]) for k, t in released.items() if tuple(t.shape) != golden[k]}
+    assert not wrong_shape, f"(written, golden) shapes differ: {wrong_shape}"
+    assert set(index["weight_map"]) == set(golden)
     model = load_star_model(tmp_path)
     ours = model.state_dict()
     assert set(ours) == {map_released_key(k) for k in released}
     for key, tensor in released.items():
         assert torch.equal(ours[map_released_key(key)], tensor), key
+
+
+def test_released_tensors_land_in_the_published_modules(tmp_path):
+    # Reached through module attributes, not through the key map, so a map that swapped two tensors of the
+    # same shape (q/k, gate/up, fc1 of two layers) fails here.
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=2)
+    released = read_state_dict(tmp_path)
+    model = load_star_model(tmp_path)
+    llama, clip, ntm = model.language_model.model, model.vision_tower.clip, model.memory.attention
+    layer, clip_layer = llama.layers[1], clip.encoder.layers[2]
+    clip_prefix = "model.vision_tower.vision_tower.vision_model."
+    expected = {
+        "model.embed_tokens.weight": llama.embed_tokens.weight,
+        "model.layers.1.self_attn.q_proj.weight": layer.self_attn.q_proj.weight,
+        "model.layers.1.self_attn.k_proj.weight": layer.self_attn.k_proj.weight,
+        "model.layers.1.self_attn.v_proj.weight": layer.self_attn.v_proj.weight,
+        "model.layers.1.self_attn.o_proj.weight": layer.self_attn.o_proj.weight,
+        "model.layers.1.mlp.gate_proj.weight": layer.mlp.gate_proj.weight,
+        "model.layers.1.mlp.up_proj.weight": layer.mlp.up_proj.weight,
+        "model.layers.1.mlp.down_proj.weight": layer.mlp.down_proj.weight,
+        "model.layers.0.mlp.up_proj.weight": llama.layers[0].mlp.up_proj.weight,
+        "model.norm.weight": llama.norm.weight,
+        "lm_head.weight": model.language_model.lm_head.weight,
+        "model.mm_projector.0.weight": model.projector[0].weight,
+        "model.mm_projector.2.bias": model.projector[2].bias,
+        "model.attention_model.q_proj.weight": ntm.q_proj.weight,
+        "model.attention_model.k_proj.weight": ntm.k_proj.weight,
+        "model.attention_model.v_proj.bias": ntm.v_proj.bias,
+        "model.attention_model.out_proj.weight": ntm.out_proj.weight,
+        clip_prefix + "embeddings.patch_embedding.weight": clip.embeddings.patch_embedding.weight,
+        clip_prefix + "embeddings.class_embedding": clip.embeddings.class_embedding,
+        clip_prefix + "encoder.layers.2.mlp.fc1.weight": clip_layer.mlp.fc1.weight,
+        clip_prefix + "encoder.layers.2.self_attn.k_proj.weight": clip_layer.self_attn.k_proj.weight,
+        clip_prefix + "encoder.layers.0.self_attn.k_proj.weight": clip.encoder.layers[0].self_attn.k_proj.weight,
+    }
+    for name, parameter in expected.items():
+        assert torch.equal(parameter, released[name]), name
+
+
+def test_derived_buffers_saved_by_old_transformers_are_ignored(tmp_path):
+    # transformers 4.31-era checkpoints may carry buffers recomputed from the config; they are not weights.
+    make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=1)
+    index_file = tmp_path / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    shard = sorted(set(index["weight_map"].values()))[0]
+    state = load_file(str(tmp_path / shard))
+    derived = {
+        "model.layers.0.self_attn.rotary_emb.inv_freq": torch.rand(4),
+        "model.vision_tower.vision_tower.vision_model.embeddings.position_ids": torch.arange(257)[None],
+    }
+    state.update(derived)
+    index["weight_map"].update(dict.fromkeys(derived, shard))
+    save_file(state, str(tmp_path / shard), metadata={"format": "pt"})
+    index_file.write_text(json.dumps(index))
+    model = load_star_model(tmp_path)
+    released = {k: v for k, v in read_state_dict(tmp_path).items() if k not in derived}
+    for key, tensor in released.items():
+        assert torch.equal(model.state_dict()[map_released_key(key)], tensor), key
 
 
 def test_released_config_fields_are_converted(tmp_path):
@@ -155,8 +226,13 @@ def test_released_layout_resaved_in_own_format(tmp_path):
         assert torch.equal(again.state_dict()[key], tensor), key
 
 
+@pytest.fixture
+def auto_classes():
+    register_auto_classes()  # explicit: importing flash_vstream registers nothing
+
+
 @pytest.mark.parametrize("layout", ["own", "released"])
-def test_auto_model_from_pretrained(tmp_path, layout):
+def test_auto_model_from_pretrained(tmp_path, layout, auto_classes):
     make_tiny_star(tmp_path, "star-vicuna", layout=layout, seed=6)
     model = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert isinstance(model, FlashVStreamForCausalLM)
@@ -187,7 +263,7 @@ def test_config_rejects_features_the_memory_cannot_pool():
         FlashVStreamConfig(conv_template="llava_v9")
 
 
-def test_auto_dtype_follows_the_released_config(tmp_path):
+def test_auto_dtype_follows_the_released_config(tmp_path, auto_classes):
     make_tiny_star(tmp_path, "star-vicuna", layout="released", seed=7)
     config = json.loads((tmp_path / "config.json").read_text())
     config["torch_dtype"] = "bfloat16"
