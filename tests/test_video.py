@@ -1,4 +1,7 @@
-"""Reading videos, frame folders and images: exact frames, both backends, sampling, and one error type."""
+"""Reading videos, frame folders and images: exact frames, both backends, sampling, progress, one error type.
+
+Quiet failures (nothing from FFmpeg or decord on stderr) are tested in ``test_video_errors.py``.
+"""
 
 from pathlib import Path
 
@@ -7,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flash_vstream.video import FrameSampler, VideoError, probe_video, read_video
+from flash_vstream.video import PROGRESS_MIN_FRAMES, FrameSampler, VideoError, probe_video, read_video
+from flash_vstream.video.progress import FrameProgress
 
 NUM_FRAMES, FPS, WIDTH, HEIGHT = 30, 10, 128, 64  # decord2 mis-sizes some widths (e.g. 96)
 
@@ -128,7 +132,7 @@ def test_video_with_zero_frames(tmp_path):
 
 def test_empty_frame_folder(tmp_path):
     (tmp_path / "frames").mkdir()
-    with pytest.raises(VideoError, match="no frame images"):
+    with pytest.raises(VideoError, match="frames: folder is empty"):
         read_video(tmp_path / "frames")
 
 
@@ -145,3 +149,79 @@ def test_small_videos_fall_back_to_pyav_in_auto_mode(tmp_path):
             container.mux(packet)
     clip = read_video(path)  # decord2 refuses frames narrower than 64 px; "auto" falls back to PyAV
     assert clip.frames.shape == (6, 32, 32, 3)
+
+
+# --- progress -----------------------------------------------------------------------------------------------
+
+
+def backends() -> list[str]:
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return ["pyav"]
+    return ["pyav", "decord"]
+
+
+def recorded(path, **kwargs) -> tuple[list[tuple[int, int]], np.ndarray]:
+    calls: list[tuple[int, int]] = []
+    clip = read_video(path, on_frames=lambda done, total: calls.append((done, total)), **kwargs)
+    return calls, clip.frames
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_on_frames_counts_up_to_the_distinct_frames(video, backend):
+    wanted = [29, 3, 17, 17, 0, 9, 3]  # 5 distinct frames
+    calls, frames = recorded(video, indices=wanted, backend=backend)
+    assert calls[0] == (0, 5) and calls[-1] == (5, 5)
+    assert {total for _, total in calls} == {5}
+    done = [d for d, _ in calls]
+    assert done == sorted(set(done))  # strictly increasing
+    assert frame_ids(frames) == wanted  # reporting does not change what is read
+    calls, _ = recorded(video, backend=backend)  # all 30 frames: decord's 32-frame batches, PyAV per frame
+    assert calls[0] == (0, NUM_FRAMES) and calls[-1] == (NUM_FRAMES, NUM_FRAMES)
+    assert [d for d, _ in calls] == sorted({d for d, _ in calls})
+
+
+def test_on_frames_for_folders_and_images(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for k in range(4):
+        Image.fromarray(np.broadcast_to(colour(k), (8, 10, 3)).copy()).save(folder / f"{k:06d}.png")
+    assert recorded(folder)[0] == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    assert recorded(folder / "000002.png", indices=[0, 0, 0])[0] == [(0, 1), (1, 1)]
+
+
+def test_progress_restarts_never_count_down():
+    """A read that starts over (a wrong seek, or "auto" moving from decord to PyAV) reports only new highs."""
+    calls: list[tuple[int, int]] = []
+    progress = FrameProgress("clip.mp4", on_frames=lambda d, t: calls.append((d, t)))
+    progress.start(5)
+    for done in (1, 2, 3):
+        progress.advance_to(done)
+    progress.start(5)
+    for done in (1, 2, 3, 4, 5):
+        progress.advance_to(done)
+    assert calls == [(0, 5), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    with pytest.raises(ValueError, match="on_frames"):
+        FrameProgress("clip.mp4", on_frames=5)
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("long") / "long.mp4", num_frames=PROGRESS_MIN_FRAMES + 6)
+
+
+def test_no_output_unless_asked(long_video, capfd):
+    read_video(long_video, backend="pyav")
+    read_video(long_video, backend="pyav", progress=False)
+    assert capfd.readouterr() == ("", "")
+
+
+def test_progress_bar_on_stderr_for_long_reads_only(long_video, capfd):
+    total = PROGRESS_MIN_FRAMES + 6
+    read_video(long_video, backend="pyav", progress=True)
+    out, err = capfd.readouterr()
+    assert out == "" and f"long.mp4:   0%|          | 0/{total} " in err  # later redraws are throttled by time
+    assert err.endswith("\r")  # the bar erases itself when the read ends, so the next line starts clean
+    read_video(long_video, indices=list(range(PROGRESS_MIN_FRAMES - 1)), backend="pyav", progress=True)
+    assert capfd.readouterr() == ("", "")  # 63 frames: too few for a bar

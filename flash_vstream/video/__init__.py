@@ -1,9 +1,12 @@
 """Video input: readers for files, frame folders and images, and pure frame-index policies."""
 
-from flash_vstream.video.reader import VideoClip, VideoError, VideoInfo, probe_video, read_video
+from flash_vstream.video.errors import VideoError
+from flash_vstream.video.progress import PROGRESS_MIN_FRAMES
+from flash_vstream.video.reader import VideoClip, VideoInfo, probe_video, read_video
 from flash_vstream.video.sampling import FrameSampler, fps_indices, segment_middle_indices, uniform_indices
 
 __all__ = [
+    "PROGRESS_MIN_FRAMES",
     "FrameSampler",
     "VideoClip",
     "VideoError",

@@ -3,45 +3,35 @@
 ``probe_video`` reads metadata only; ``read_video`` decodes the frames a ``FrameSampler`` (or an explicit
 index list) asks for, and nothing else: a 1-fps sample of a two-hour film never holds the whole film.
 
-Backends (``reference/benchmarks-and-ecosystem.md`` §3): decord (``decord2`` on Python 3.11+, same import
-name) when it imports, PyAV otherwise; in ``"auto"`` mode a file decord cannot read (decord2 mis-sizes frames of
-some widths, e.g. 96 px or under 64 px) is read again with PyAV. Both return bit-identical frames on the files we
-test. The PyAV path first demuxes the stream once (packets only, no decoding) to learn every frame's timestamp
-and the keyframes; frame ``k`` is the ``k``-th timestamp in presentation order, the numbering decord uses too.
-It then decodes forward, seeking to a keyframe only when that skips frames, so sparse reads return exactly the frames a
-sequential decode would.
+Video files go through decord (``decord2`` on Python 3.11+, same import name) when it imports, PyAV otherwise
+(``backends.py``); in ``"auto"`` mode a file decord cannot read (decord2 mis-sizes frames of some widths, e.g.
+96 px or under 64 px) is read again with PyAV. Both return bit-identical frames on the files we test.
 
-Every problem with the input raises one exception type, ``VideoError``, naming the path, the reason and a fix.
+Every problem with the input raises one exception type, ``VideoError``, whose one-line message names the path,
+the reason and a fix; FFmpeg's and decord's own log lines never reach the terminal (``quiet.py``). Long reads
+can report progress: ``progress=True`` draws a bar on stderr, ``on_frames(done, total)`` feeds the caller's own.
 
 Shapes: ``t`` frames, ``h`` x ``w`` pixels; frames are ``(t, h, w, 3)`` RGB ``uint8``.
 """
 
 from __future__ import annotations
 
-import bisect
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from flash_vstream.video.backends import DecordSource, PyAVSource, UnreadableVideo, decord_available
+from flash_vstream.video.errors import VideoError, one_line
+from flash_vstream.video.progress import FrameProgress, FramesCallback
 from flash_vstream.video.sampling import FrameSampler
 
 __all__ = ["VideoClip", "VideoError", "VideoInfo", "probe_video", "read_video"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 BACKENDS = ("auto", "pyav", "decord")
-
-
-class VideoError(ValueError):
-    """A video, frame folder or image that cannot be read as asked; the message names the path and the fix."""
-
-    def __init__(self, path: str | Path, reason: str, fix: str):
-        self.path = str(path)
-        super().__init__(f"{path}: {reason}. {fix}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +113,8 @@ def read_video(
     indices: np.ndarray | list[int] | None = None,
     backend: str = "auto",
     frames_fps: float = 1.0,
+    progress: bool = False,
+    on_frames: FramesCallback | None = None,
 ) -> VideoClip:
     """Decode the frames of a video file, frame folder or image that a sampler (or an index list) selects.
 
@@ -137,6 +129,10 @@ def read_video(
             ignore it.
         frames_fps: Frame rate of frame folders and images (they carry none), e.g. 1.0 for Flash-VStream's
             1-fps extractions or 3.0 for MVBench's ``frames_fps3`` folders.
+        progress: Draw a progress bar on stderr, labelled with the file name, while frames decode (only when
+            at least ``PROGRESS_MIN_FRAMES`` distinct frames are wanted; shorter reads finish before it helps).
+        on_frames: Called as ``on_frames(done, total)`` with ``total`` the distinct frames to decode: once
+            with ``done=0``, then as frames decode, ``done`` never decreasing and ending at ``total``.
 
     Returns:
         A ``VideoClip`` with ``(t, h, w, 3)`` uint8 RGB frames.
@@ -146,23 +142,30 @@ def read_video(
             empty frame folder, indices outside the video, or frames that do not decode (corrupt or
             truncated file).
         ValueError: For a bad argument (unknown backend, both ``sampler`` and ``indices``, bad
-            ``frames_fps``).
+            ``frames_fps``, an ``on_frames`` that is not callable).
     """
     if sampler is not None and indices is not None:
         raise ValueError("Pass either `sampler` or `indices` to read_video, not both.")
     if backend not in BACKENDS:
         raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}.")
+    path = Path(path)
+    counter = FrameProgress(path.name, show=progress, on_frames=on_frames)
     try:
-        return _read_with(Path(path), sampler, indices, backend, frames_fps)
-    except VideoError:
-        if backend != "auto" or not _decord_available() or not Path(path).is_file():
-            raise
-        # decord fails on some files PyAV reads (e.g. frames narrower than 64 px): "auto" means "whichever works".
-        return _read_with(Path(path), sampler, indices, "pyav", frames_fps)
+        try:
+            return _read_with(path, sampler, indices, backend, frames_fps, counter)
+        except UnreadableVideo:
+            raise  # FFmpeg itself cannot open it: PyAV would fail the same way
+        except VideoError:
+            if backend != "auto" or not path.is_file() or not decord_available():
+                raise
+            # decord fails on some files PyAV reads (e.g. frames under 64 px wide): "auto" is "whichever works".
+            return _read_with(path, sampler, indices, "pyav", frames_fps, counter)
+    finally:
+        counter.close()  # the bar goes before any error line or answer is printed
 
 
 def _read_with(
-    path: Path, sampler: FrameSampler | None, indices, backend: str, frames_fps: float
+    path: Path, sampler: FrameSampler | None, indices, backend: str, frames_fps: float, counter: FrameProgress
 ) -> VideoClip:
     source = _open_source(path, backend=backend, frames_fps=frames_fps, exact_count=True)
     try:
@@ -174,7 +177,8 @@ def _read_with(
         else:
             wanted = np.arange(total, dtype=np.int64)
         unique, inverse = np.unique(wanted, return_inverse=True)
-        frames = source.read(unique)[inverse]  # (t, h, w, 3)
+        counter.start(len(unique))
+        frames = source.read(unique, counter)[inverse]  # (t, h, w, 3)
     finally:
         source.close()
     return VideoClip(frames, wanted, wanted / fps, fps, total, str(path))
@@ -191,8 +195,8 @@ def _checked_indices(indices: np.ndarray | list[int], total: int, path: str | Pa
         raise VideoError(
             path,
             f"frame index {int(bad[0])} is outside the {total} frames that can be read",
-            f"request indices in [0, {total - 1}]; if the file should hold more frames it is truncated or "
-            "corrupt: re-download or re-encode it",
+            f"request indices in [0, {total - 1}]; if the file should hold more frames, it is truncated or "
+            "corrupt: re-download it or re-encode it",
         )
     return wanted.astype(np.int64)
 
@@ -208,19 +212,16 @@ def _open_source(path: Path, backend: str, frames_fps: float, exact_count: bool)
         raise VideoError(path, "no such file or directory", "check the path (and the data root it is under)")
     if path.is_dir():
         return _FrameDirSource(path, float(frames_fps))
+    if path.stat().st_size == 0:
+        raise UnreadableVideo(path, "file is empty (0 bytes)", "re-download or re-export it")
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return _ImageSource(path, float(frames_fps))
-    if backend == "decord" or (backend == "auto" and _decord_available()):
-        return _DecordSource(path)
-    return _PyAVSource(path, exact_count)
+    if backend == "decord" or (backend == "auto" and decord_available()):
+        return DecordSource(path)
+    return PyAVSource(path, exact_count)
 
 
-def _decord_available() -> bool:
-    try:
-        import decord  # noqa: F401
-    except ImportError:
-        return False
-    return True
+_IMAGE_FIX = "replace it or extract it again"
 
 
 def _load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -228,8 +229,10 @@ def _load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise VideoError(path, f"not a readable image ({err})", "replace or re-extract this file") from err
+    except UnidentifiedImageError as err:
+        raise VideoError(path, "not a readable image (Pillow does not recognise its format)", _IMAGE_FIX) from err
+    except OSError as err:  # e.g. "image file is truncated"
+        raise VideoError(path, f"not a readable image ({one_line(err)})", _IMAGE_FIX) from err
     if size is not None and (rgb.shape[1], rgb.shape[0]) != size:
         raise VideoError(
             path,
@@ -249,7 +252,8 @@ class _ImageSource:
         self._rgb = _load_image(path)
         self.height, self.width = self._rgb.shape[:2]
 
-    def read(self, wanted: np.ndarray) -> np.ndarray:
+    def read(self, wanted: np.ndarray, progress: FrameProgress) -> np.ndarray:
+        progress.advance_to(len(wanted))
         return np.repeat(self._rgb[None], len(wanted), axis=0)  # (t, h, w, 3)
 
     def close(self) -> None:
@@ -265,12 +269,15 @@ class _FrameDirSource:
         self.path, self.fps = path, frames_fps
         self._files = _numbered_frames(path)
         self.num_frames = len(self._files)
-        with Image.open(self._files[0]) as first:
-            self.width, self.height = first.size
+        self.height, self.width = _load_image(self._files[0]).shape[:2]
 
-    def read(self, wanted: np.ndarray) -> np.ndarray:
+    def read(self, wanted: np.ndarray, progress: FrameProgress) -> np.ndarray:
         size = (self.width, self.height)
-        return np.stack([_load_image(self._files[i], size) for i in wanted])  # (t, h, w, 3)
+        frames = []
+        for done, i in enumerate(wanted, start=1):
+            frames.append(_load_image(self._files[i], size))
+            progress.advance_to(done)
+        return np.stack(frames)  # (t, h, w, 3)
 
     def close(self) -> None:
         pass
@@ -278,13 +285,10 @@ class _FrameDirSource:
 
 def _numbered_frames(folder: Path) -> list[Path]:
     """Image files of ``folder`` sorted by the last integer in their names; errors name the offending file."""
-    images = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    entries = sorted(folder.iterdir())
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if not images:
-        raise VideoError(
-            folder,
-            "folder holds no frame images",
-            f"put frames named like 000000.jpg in it (extensions: {', '.join(IMAGE_EXTENSIONS)})",
-        )
+        raise VideoError(folder, _no_frames_reason(entries), _NO_FRAMES_FIX)
     numbered: dict[int, Path] = {}
     for image in images:
         digits = re.findall(r"\d+", image.stem)
@@ -299,220 +303,20 @@ def _numbered_frames(folder: Path) -> list[Path]:
     return [numbered[n] for n in sorted(numbered)]
 
 
-class _DecordSource:
-    """A video file read through decord's ``VideoReader`` (``get_batch`` on the wanted frames only)."""
-
-    kind = "video"
-
-    def __init__(self, path: Path):
-        try:
-            import decord
-        except ImportError as err:
-            raise ValueError(
-                "backend='decord' needs the `decord` module: `pip install decord2` (Python >= 3.11) or "
-                "`pip install decord` (3.10), or use backend='pyav'."
-            ) from err
-        self.path, self._errors = path, (RuntimeError, decord.DECORDError)
-        try:
-            self._reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-            self.num_frames, self.fps = len(self._reader), float(self._reader.get_avg_fps())
-        except self._errors as err:
-            raise VideoError(path, f"decord cannot open it as a video ({err})", _NOT_A_VIDEO_FIX) from err
-        _check_has_frames(path, self.num_frames, self.fps)
-
-    def read(self, wanted: np.ndarray) -> np.ndarray:
-        try:
-            return self._reader.get_batch(wanted.tolist()).asnumpy()  # (t, h, w, 3)
-        except self._errors as err:
-            raise VideoError(self.path, f"frames do not decode ({err})", _CORRUPT_FIX) from err
-
-    def close(self) -> None:
-        self._reader = None
+_NO_FRAMES_FIX = (
+    f"pass a video file, an image, or a folder of frames named like 000000.jpg ({', '.join(IMAGE_EXTENSIONS)})"
+)
 
 
-_NOT_A_VIDEO_FIX = "check that it is a video file (not text, an archive or a partial download)"
-_CORRUPT_FIX = "the file is truncated or corrupt: re-download or re-encode it (e.g. with ffmpeg)"
-
-
-def _check_has_frames(path: Path, num_frames: int, fps: float) -> None:
-    if num_frames <= 0:
-        raise VideoError(path, "video stream has no frames", "check the file; re-encode it if it plays")
-    if not fps > 0:
-        raise VideoError(path, f"frame rate is {fps}", "re-encode the file with a constant frame rate")
-
-
-class _PyAVSource:
-    """A video file read through PyAV: one demux pass builds a frame index, then wanted frames decode."""
-
-    kind = "video"
-
-    def __init__(self, path: Path, exact_count: bool):
-        self.path = path
-        try:
-            with av.open(str(path)) as container:
-                if not container.streams.video:
-                    raise VideoError(path, "file has no video stream", "pass a file with video in it")
-                stream = container.streams.video[0]
-                self.width, self.height = stream.codec_context.width, stream.codec_context.height
-                self.fps = _stream_fps(stream)
-                metadata_count = stream.frames
-                if exact_count or metadata_count <= 0:
-                    self._index = _FrameIndex.build(container, stream)
-                    self.num_frames = self._index.num_frames
-                else:
-                    self.num_frames = metadata_count
-        except av.error.FFmpegError as err:
-            raise VideoError(path, f"FFmpeg cannot open it as a video ({err})", _NOT_A_VIDEO_FIX) from err
-        _check_has_frames(path, self.num_frames, self.fps)
-
-    def read(self, wanted: np.ndarray) -> np.ndarray:
-        """Decode the sorted, unique frame indices ``wanted``; errors name the file."""
-        index = self._index
-        try:
-            frames = self._decode(wanted, index, seek=True)
-            if frames is None:  # a seek landed after its keyframe: start over without seeking
-                frames = self._decode(wanted, index, seek=False)
-        except _TimestampMismatch:  # frames carry timestamps the demuxer did not list: count them instead
-            frames = self._decode(wanted, index.counted(), seek=False)
-        if isinstance(frames, int):
-            raise VideoError(
-                self.path,
-                f"frame {frames} does not decode although the container lists {index.num_frames} frames",
-                _CORRUPT_FIX,
-            )
-        return frames
-
-    def close(self) -> None:
-        pass  # every read opens and closes its own container
-
-    def _decode(self, wanted: np.ndarray, index: _FrameIndex, seek: bool) -> np.ndarray | int | None:
-        """The frames, or the first index that never decoded (an int), or None if a seek went wrong."""
-        slots = {int(i): k for k, i in enumerate(wanted)}
-        out: np.ndarray | None = None
-        done = np.zeros(len(wanted), dtype=bool)
-        plan = _plan_reads(wanted, index.keyframes if seek else [0])
-        with av.open(str(self.path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            frames = None
-            for seek_to, last_target in plan:
-                if seek_to is not None:
-                    container.seek(index.pts[seek_to], stream=stream, backward=True, any_frame=False)
-                if frames is None or seek_to is not None:
-                    frames = _decoded_frames(container, stream, index, start=seek_to or 0)
-                for idx, frame in frames:
-                    if idx in slots:
-                        rgb = frame.to_ndarray(format="rgb24")  # (h, w, 3)
-                        if out is None:
-                            out = np.empty((len(wanted), *rgb.shape), dtype=np.uint8)  # (t, h, w, 3)
-                        if rgb.shape != out.shape[1:]:
-                            raise VideoError(
-                                self.path, "frame size changes inside the stream", "re-encode it at one size"
-                            )
-                        out[slots[idx]], done[slots[idx]] = rgb, True
-                    if idx >= last_target:
-                        break
-        if done.all():
-            return out
-        if seek and any(seek_to is not None for seek_to, _ in plan):
-            return None
-        return int(wanted[np.argmin(done)])
-
-
-def _stream_fps(stream) -> float:
-    """Average frame rate of a PyAV stream, falling back to FFmpeg's guess."""
-    for rate in (stream.average_rate, stream.guessed_rate):
-        if rate is not None and float(rate) > 0:
-            return float(rate)
-    return 0.0
-
-
-class _TimestampMismatch(Exception):
-    """A decoded frame's timestamp is not in the demuxed index; numbering by timestamp is not possible."""
-
-
-@dataclass(frozen=True)
-class _FrameIndex:
-    """Presentation timestamps of every frame (sorted: position == frame index) and the keyframe indices."""
-
-    num_frames: int
-    """Video packets that could be read."""
-
-    pts: list[int]
-    """Sorted packet timestamps (empty when numbering by timestamp is impossible)."""
-
-    keyframes: list[int]
-    """Sorted frame indices of keyframes; ``[0]`` when seeking is not possible."""
-
-    @property
-    def by_pts(self) -> bool:
-        return len(self.pts) == self.num_frames
-
-    @classmethod
-    def build(cls, container, stream) -> _FrameIndex:
-        """Demux (no decoding) every video packet; a damaged tail ends the index where reading stops."""
-        stamps, key_stamps, count = [], [], 0
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.is_discard:  # flush packet / dropped by an edit list
-                    continue
-                count += 1
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if stamp is not None:
-                    stamps.append(stamp)
-                    if packet.is_keyframe:
-                        key_stamps.append(stamp)
-        except av.error.FFmpegError:
-            pass  # truncated or damaged: keep the packets read so far; missing frames are reported on read
-        stamps.sort()
-        if len(stamps) != count or len(set(stamps)) != count:
-            return cls(count, [], [0])
-        position = {stamp: i for i, stamp in enumerate(stamps)}
-        return cls(count, stamps, sorted(position[s] for s in key_stamps) or [0])
-
-    def counted(self) -> _FrameIndex:
-        """The same frames, numbered by decode order instead of timestamp (no seeking)."""
-        return _FrameIndex(self.num_frames, [], [0])
-
-
-def _plan_reads(wanted: np.ndarray, keyframes: list[int]) -> list[tuple[int | None, int]]:
-    """Split sorted, unique ``wanted`` frames into decode runs: ``(keyframe to seek to or None, last frame)``.
-
-    A run seeks only when a keyframe lies beyond the frame after the previous run's last one, so the seek
-    skips frames; otherwise decoding just continues forward. Frames inside a run are read on the way.
-    """
-    runs: list[tuple[int | None, int]] = []
-    previous = -1
-    for target in (int(t) for t in wanted):
-        keyframe = keyframes[max(bisect.bisect_right(keyframes, target) - 1, 0)]
-        if keyframe > previous + 1 and keyframe <= target:
-            runs.append((keyframe, target))
-        elif runs:
-            runs[-1] = (runs[-1][0], target)
-        else:
-            runs.append((None, target))
-        previous = target
-    return runs
-
-
-def _decoded_frames(container, stream, index: _FrameIndex, start: int) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Decoded frames from the container's position as ``(frame index, frame)``, from ``start`` on.
-
-    Packets that fail to decode are skipped, so their frames are simply missing (reported by the caller).
-    """
-    position = {stamp: i for i, stamp in enumerate(index.pts)} if index.by_pts else None
-    counter = start
-    for packet in container.demux(stream):
-        try:
-            decoded = packet.decode()
-        except av.error.FFmpegError:
-            continue
-        for frame in decoded:
-            if position is None:
-                idx, counter = counter, counter + 1
-            elif frame.pts in position:
-                idx = position[frame.pts]
-            else:
-                raise _TimestampMismatch()
-            if idx >= start:
-                yield idx, frame
+def _no_frames_reason(entries: list[Path]) -> str:
+    """Why a folder is not a frame folder, saying what it holds instead."""
+    folders = [p.name for p in entries if p.is_dir()]
+    files = [p.name for p in entries if not p.is_dir()]
+    if not entries:
+        return "folder is empty (a frame folder holds frame images)"
+    held = [
+        f"{len(names)} {kind}{'s' if len(names) > 1 else ''} (e.g. {names[0]})"
+        for kind, names in (("other file", files), ("folder", folders))
+        if names
+    ]
+    return f"folder holds no frame images, only {' and '.join(held)}"

@@ -3,8 +3,7 @@
 Nothing here touches a file. Every function returns a sorted (non-decreasing) ``np.ndarray`` of ``int64``
 frame indices in ``[0, num_frames - 1]``; the reader in ``reader.py`` decodes exactly those frames.
 
-Policies and where they come from (see ``reference/benchmarks-and-ecosystem.md`` §1.7 and
-``reference/flash-vstream.md`` §1.4 and §7.3):
+Policies and where they come from:
 
 * ``fps_indices`` - Flash-VStream's own pipeline: frames extracted at ``target_fps`` (the count clamped to
   ``[min_frames, extraction_max_frames]``, indices spread with a rounded ``linspace``), then, when more than
@@ -256,9 +255,7 @@ class FrameSampler:
             if value is not None and (isinstance(value, bool) or not np.isfinite(value) or value < 0):
                 raise ValueError(f"FrameSampler.{name} must be None or seconds >= 0, got {value!r}.")
         if self.start is not None and self.end is not None and self.start > self.end:
-            raise ValueError(
-                f"FrameSampler.start ({self.start}) must not be after FrameSampler.end ({self.end})."
-            )
+            raise ValueError(f"FrameSampler.start ({self.start}) must not be after FrameSampler.end ({self.end}).")
 
     def indices(self, num_frames: int, native_fps: float) -> np.ndarray:
         """Frame indices of a video with ``num_frames`` frames at ``native_fps``.
