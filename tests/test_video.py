@@ -147,8 +147,10 @@ def test_small_videos_fall_back_to_pyav_in_auto_mode(tmp_path):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    clip = read_video(path)  # decord2 refuses frames narrower than 64 px; "auto" falls back to PyAV
+    calls: list[tuple[int, int]] = []
+    clip = read_video(path, on_frames=lambda d, t: calls.append((d, t)))  # decord2 fails under 64 px wide
     assert clip.frames.shape == (6, 32, 32, 3)
+    assert calls == [(k, 6) for k in range(7)]  # one count from 0 to 6 across decord's failure and PyAV's read
 
 
 # --- progress -----------------------------------------------------------------------------------------------

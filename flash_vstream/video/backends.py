@@ -53,7 +53,8 @@ def _cannot_open(path: Path, err: av.error.FFmpegError, messages: list) -> Unrea
     """The error for a file FFmpeg cannot open, with FFmpeg's own explanation when it logged one."""
     said, status = ffmpeg_reason(messages), one_line(err.strerror or err)
     detail = f": {said} ({status})" if said else f" ({status})"
-    return UnreadableVideo(path, f"FFmpeg cannot open it as a video{detail}", NOT_A_VIDEO_FIX)
+    fix = "check the file's permissions" if isinstance(err, PermissionError) else NOT_A_VIDEO_FIX
+    return UnreadableVideo(path, f"FFmpeg cannot open it as a video{detail}", fix)
 
 
 def _video_stream(container, path: Path):
