@@ -56,6 +56,14 @@ class FlashVStreamConfig(PreTrainedConfig):
         conv_template: ``"vicuna_v1"`` and ``"plain"`` (the released model's stage-2 and stage-1 templates) or
             ``"chat_template"`` (the tokenizer's own, for Qwen2-type decoders).
         vision_tower_name: where the CLIP weights came from (informational; used when a checkpoint lacks them).
+        vision_trainable: train the CLIP layers that feed the memory (off in both published recipes).
+        memory_trainable: train the abstract memory's semantic attention (``q_proj``/``k_proj``).
+        projector_trainable: train the projector.
+        decoder_trainable: train the language model (off in stage 1 of the published recipe).
+
+    The four ``*_trainable`` flags are the one place that decides what is trained
+    (``FlashVStreamForCausalLM.apply_trainable`` applies them); parameters that never receive a gradient are never
+    trainable, so DDP needs no ``find_unused_parameters``.
     """
 
     model_type = "flash_vstream"
@@ -89,6 +97,10 @@ class FlashVStreamConfig(PreTrainedConfig):
     conv_template: str = "vicuna_v1"
     vision_tower_name: str | None = "openai/clip-vit-large-patch14"
     tie_word_embeddings: bool = False
+    vision_trainable: bool = False
+    memory_trainable: bool = True
+    projector_trainable: bool = True
+    decoder_trainable: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

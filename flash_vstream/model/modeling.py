@@ -32,6 +32,18 @@ class FlashVStreamPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _no_split_modules = ["CLIPEncoderLayer", "LlamaDecoderLayer", "Qwen2DecoderLayer"]
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then the config's trainable flags again.
+
+        transformers materialises the weights after ``__init__`` as new parameters (all ``requires_grad``), which
+        would silently undo the flags set at construction.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.apply_trainable()
+        return loaded
+
 
 class FlashVStreamForCausalLM(FlashVStreamPreTrainedModel):
     """CLIP + STAR memory + projector + causal LM.
@@ -51,6 +63,7 @@ class FlashVStreamForCausalLM(FlashVStreamPreTrainedModel):
             config.vision_config,
             select_layer=config.vision_feature_layer,
             select_feature=config.vision_feature_select,
+            trainable=config.vision_trainable,
         )
         self.memory = StarMemory(config.star_memory_config())
         self.projector = build_projector(
@@ -58,6 +71,19 @@ class FlashVStreamForCausalLM(FlashVStreamPreTrainedModel):
         )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+        self.apply_trainable()
+
+    def apply_trainable(self) -> None:
+        """Set ``requires_grad`` from the config's ``*_trainable`` flags: the one place that decides it.
+
+        The vision tower applies its own flag (only the layers that feed the memory can be trained); the memory
+        exposes only parameters its algorithm uses.
+        """
+        config = self.config
+        self.vision_tower.set_trainable(config.vision_trainable)
+        self.memory.requires_grad_(config.memory_trainable)
+        self.projector.requires_grad_(config.projector_trainable)
+        self.language_model.requires_grad_(config.decoder_trainable)
 
     # --- embeddings -------------------------------------------------------------------------------------------
     def get_input_embeddings(self):

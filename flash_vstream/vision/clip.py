@@ -376,6 +376,7 @@ class CLIPVisionEncoder(nn.Module):
         batch_size: int = 64,
         *,
         clip_model: CLIPVisionModel | None = None,
+        trainable: bool = False,
     ) -> None:
         """Builds the encoder from a config (random init, no download; works under `torch.device("meta")`).
 
@@ -387,6 +388,8 @@ class CLIPVisionEncoder(nn.Module):
             batch_size: Frames per forward chunk.
             clip_model: An already built `CLIPVisionModel` to wrap instead of building one (see
                 `from_model`); its config must be `config`.
+            trainable: Train the layers that produce the selected features (frozen by default, as in both
+                published recipes); see `set_trainable`.
 
         Raises:
             ValueError: On an out-of-range `select_layer`, an unknown `select_feature`, a non-positive
@@ -416,9 +419,22 @@ class CLIPVisionEncoder(nn.Module):
         # Hidden state i is the output of the first i encoder layers (0: embeddings after pre-layernorm).
         self._layers_to_run = select_layer % (num_layers + 1)
         self.clip = clip_model if clip_model is not None else CLIPVisionModel(config)
-        # The one place that freezes the tower: it is never trained in either published recipe.
+        self.set_trainable(trainable)
+
+    def set_trainable(self, trainable: bool) -> None:
+        """Freeze the tower, or make trainable exactly the parameters that produce the selected features.
+
+        Layers after `select_layer` and the post-layernorm never receive a gradient, so they stay frozen either
+        way (DDP without ``find_unused_parameters`` requires that). A frozen tower also stays in eval mode.
+        """
+        self.trainable = trainable
         self.clip.requires_grad_(False)
-        self.train(False)
+        if trainable:  # transformers 5.x CLIPVisionModel: embeddings, pre_layrnorm, encoder, post_layernorm
+            self.clip.embeddings.requires_grad_(True)
+            self.clip.pre_layrnorm.requires_grad_(True)
+            for layer in self.clip.encoder.layers[: self._layers_to_run]:
+                layer.requires_grad_(True)
+        self.train(self.training and trainable)
 
     @classmethod
     def from_model(
@@ -458,8 +474,8 @@ class CLIPVisionEncoder(nn.Module):
         return cls.from_model(clip_model, select_layer, select_feature, batch_size)
 
     def train(self, mode: bool = True) -> CLIPVisionEncoder:
-        """Stays in eval mode whatever `mode` is: the tower is frozen and dropout must never be on."""
-        return super().train(False)
+        """A frozen tower stays in eval mode whatever `mode` is (its dropout must never be on)."""
+        return super().train(mode and getattr(self, "trainable", False))
 
     @property
     def config(self) -> CLIPVisionConfig:
@@ -486,7 +502,6 @@ class CLIPVisionEncoder(nn.Module):
         """Feature dimension d of the output (1024 for CLIP-L/14)."""
         return self.config.hidden_size
 
-    @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Encodes frames.
 
@@ -508,7 +523,8 @@ class CLIPVisionEncoder(nn.Module):
             )
         weight = self.clip.embeddings.patch_embedding.weight
         pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)
-        chunks = [self._encode_chunk(chunk) for chunk in pixel_values.split(self.batch_size)]
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):  # a frozen tower keeps no graph
+            chunks = [self._encode_chunk(chunk) for chunk in pixel_values.split(self.batch_size)]
         return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
     def _encode_chunk(self, pixel_values: torch.Tensor) -> torch.Tensor:
