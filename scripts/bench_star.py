@@ -1,14 +1,18 @@
 """Speed and memory of the STAR family at full size, with random weights (speed does not depend on their values).
 
-Measures on one GPU, bf16:
-  1. CLIP ViT-L/14 @224 encoding throughput (frames/s) at several batch sizes;
-  2. STAR memory streaming update latency per frame after N frames, and the device-state size (must stay constant);
+Measures on one GPU, bf16, each figure as a spread over repeats (median, p10-p90, min-max, count):
+  1. CLIP ViT-L/14 @224 encoding (layer -2) at several batch sizes, a different pixel batch every repeat;
+  2. STAR memory streaming: ``update`` latency per frame after N frames, every timed update on a FRESH frame
+     (made before the timed region, never seen by the memory), plus a control that repeats one frame (what the
+     previous version of this script timed); ``read`` latency; the device-state size (must stay constant);
   3. offline ``compress`` latency for T-frame clips;
-  4. answer latency with Vicuna-7B: time to first token (prefill of 681 visual + ~60 text tokens) and decode rate;
+  4. answering with the Vicuna-7B shape: time to first token from a ready memory (splice + prefill of 681 visual
+     + 60 text tokens + first token), decode ms/token over 128 forced tokens (``min_new_tokens=max_new_tokens=128``,
+     so EOS cannot stop it early), end to end from 1,000 frames of CLIP features;
   5. peak GPU memory.
 
-    python scripts/bench_star.py --out bench_star.json            # 1 GPU
-    python scripts/bench_star.py --quick                          # smaller sweep
+    python scripts/bench_star.py --out bench_star.json            # 1 GPU, ~2 min
+    python scripts/bench_star.py --tiny                           # tiny model on the CPU: checks the script runs
 
 Results go to docs/benchmarks.md by hand, with device, date and command.
 """
@@ -16,15 +20,14 @@ Results go to docs/benchmarks.md by hand, with device, date and command.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 
 import torch
+from benchlib import environment, peak_gib, report, spread, sync, time_calls, time_repeats
 from transformers import LlamaConfig
 
 from flash_vstream.config import FlashVStreamConfig
 from flash_vstream.model.modeling import FlashVStreamForCausalLM
+from flash_vstream.model.splice import embed_with_visual_tokens
 
 VICUNA_7B = dict(
     vocab_size=32000,
@@ -36,153 +39,155 @@ VICUNA_7B = dict(
     max_position_embeddings=4096,
     rms_norm_eps=1e-5,
 )
+PROMPT_TEXT_TOKENS = 60  # a short question in the vicuna_v1 template
+DECODE_TOKENS = 128
 
 
-# --- helpers -----------------------------------------------------------------------------------------------------
-def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
-    """Run ``fn`` ``warmup`` times, then time ``repeats`` runs with a device sync around each (seconds)."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def median_ms(times: list[float]) -> float:
-    return round(1000 * statistics.median(times), 3)
-
-
+# --- setup -------------------------------------------------------------------------------------------------------
 def build_model(device: torch.device, dtype: torch.dtype, tiny: bool) -> FlashVStreamForCausalLM:
-    if tiny:  # a CPU smoke run of this script
+    if tiny:
         from flash_vstream.model.tiny import tiny_star_config
 
-        config = tiny_star_config("llama", vocab_size=32000)
+        config = tiny_star_config("llama", vocab_size=VICUNA_7B["vocab_size"])
     else:
         config = FlashVStreamConfig(text_config=LlamaConfig(**VICUNA_7B).to_dict(), vision_tower_name=None)
     torch.set_default_dtype(dtype)
-    with device:
-        model = FlashVStreamForCausalLM(config)
-    torch.set_default_dtype(torch.float32)
+    try:
+        with device:
+            model = FlashVStreamForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
     return model.eval()
 
 
-# --- benchmarks ---------------------------------------------------------------------------------------------------
-def bench_clip(model, device, dtype, batches) -> list[dict]:
+def random_features(model, frames: int, device, dtype) -> torch.Tensor:
+    """``(frames, 256, d)`` distinct random CLIP-shaped features."""
+    return torch.randn(frames, model.vision_tower.num_patches, model.vision_tower.hidden_size, device=device,
+                       dtype=dtype)
+
+
+# --- benchmarks --------------------------------------------------------------------------------------------------
+def bench_clip(model, device, dtype, batches: list[int], repeats: int) -> list[dict]:
     rows = []
+    size = model.vision_tower.image_size
     for batch in batches:
-        pixels = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
-        times = timed(lambda pixels=pixels: model.encode_frames(pixels), repeats=10)
-        rate = round(batch / statistics.median(times), 1)
-        rows.append({"batch": batch, "ms": median_ms(times), "frames_per_s": rate})
+        pixel_sets = [torch.randn(batch, 3, size, size, device=device, dtype=dtype) for _ in range(repeats + 1)]
+        model.encode_frames(pixel_sets[-1])  # warm-up on a set the timed calls do not use
+        times = time_calls(model.encode_frames, pixel_sets[:-1], device)
+        ms = spread(times)
+        rows.append({"batch": batch, "ms": ms, "frames_per_s_at_median": round(1000 * batch / ms["median"], 1)})
     return rows
 
 
-def bench_streaming(model, device, dtype, checkpoints) -> list[dict]:
+def bench_streaming(model, device, dtype, checkpoints: list[int], repeats: int) -> list[dict]:
     memory = model.memory
     state = memory.init_state(device, dtype=dtype)
-    rows, seen = [], 0
-    frame = torch.randn(1, 256, model.vision_tower.hidden_size, device=device, dtype=dtype)
+    rows = []
     for target in checkpoints:
-        while seen < target - 20:
-            state = memory.update(state, torch.randn_like(frame))
-            seen += 1
-        times = []
-        for _ in range(20):
-            sync()
-            start = time.perf_counter()
-            state = memory.update(state, frame)
-            sync()
-            times.append(time.perf_counter() - start)
-            seen += 1
-        read_times = timed(lambda state=state: memory.read(state), repeats=10, warmup=1)
-        device_bytes = sum(t.numel() * t.element_size() for t in state.device_tensors())
+        while state.frames_seen < target:  # untimed fill-up, one new random frame per update
+            state = memory.update(state, random_features(model, 1, device, dtype))
+        seen = state.frames_seen
+        fresh = random_features(model, repeats, device, dtype).unsqueeze(1)  # (repeats, 1, 256, d), distinct
+        fresh_times = time_calls(lambda frame, state=state: memory.update(state, frame), fresh, device)
+        repeated = [random_features(model, 1, device, dtype)] * repeats  # the old script's input: one frame
+        repeated_times = time_calls(lambda frame, state=state: memory.update(state, frame), repeated, device)
+        read_times = time_repeats(lambda state=state: memory.read(state), repeats, device, warmup=1)
         rows.append(
             {
                 "frames_seen": seen,
-                "update_ms": median_ms(times),
-                "read_ms": median_ms(read_times),
-                "device_state_bytes": device_bytes,
+                "update_ms_fresh_frames": spread(fresh_times),
+                "update_ms_one_frame_repeated": spread(repeated_times),
+                "read_ms": spread(read_times),
+                "device_state_bytes": sum(t.numel() * t.element_size() for t in state.device_tensors()),
+                "bank_frames": state.bank.size,
             }
         )
     return rows
 
 
-def bench_compress(model, device, dtype, lengths) -> list[dict]:
+def bench_compress(model, device, dtype, lengths: list[int], repeats: int) -> list[dict]:
     rows = []
     for length in lengths:
-        feats = torch.randn(length, 256, model.vision_tower.hidden_size, device=device, dtype=dtype)
-        times = timed(lambda feats=feats: model.memory.compress(feats), repeats=5)
-        rows.append({"frames": length, "ms": median_ms(times), "tokens": model.memory.num_tokens(length)})
+        clips = [random_features(model, length, device, dtype) for _ in range(min(repeats, 3))]
+        model.memory.compress(clips[0])  # warm-up
+        times = time_calls(model.memory.compress, [clips[i % len(clips)] for i in range(repeats)], device)
+        rows.append({"frames": length, "ms": spread(times), "tokens": model.memory.num_tokens(length)})
     return rows
 
 
-def bench_answer(model, device, dtype, new_tokens: int) -> dict:
-    memory_tokens = model.memory.num_tokens(1000)
-    text_ids = torch.randint(3, 32000, (1, 60), device=device)
+def bench_answer(model, device, dtype, repeats: int, frames: int = 1000) -> dict:
+    memory_tokens = model.memory.num_tokens(frames)
+    vocab = model.config.text_config.vocab_size
+    text_ids = torch.randint(3, vocab, (1, PROMPT_TEXT_TOKENS), device=device)
     placeholders = torch.full((1, memory_tokens), model.config.image_token_id, device=device)
     input_ids = torch.cat([text_ids[:, :40], placeholders, text_ids[:, 40:]], dim=1)
-    feats = [torch.randn(1000, 256, model.vision_tower.hidden_size, device=device, dtype=dtype)]
-    # Memory state is precomputed in streaming use: time the projector + prefill + first token from memory tokens.
-    memory_out = model.memory.compress(feats[0])
-    visual = model.project_memory(memory_out)
-    from flash_vstream.model.splice import embed_with_visual_tokens
+    attention_mask = torch.ones_like(input_ids)
+    feats = random_features(model, frames, device, dtype)
+    # In streaming use the memory is ready when the question comes: time splice + prefill + first token.
+    visual = model.project_memory(model.memory.compress(feats))
+
+    def embeds():
+        return embed_with_visual_tokens(model.get_input_embeddings(), input_ids, model.config.image_token_id, visual)
 
     def first_token():
-        embeds = embed_with_visual_tokens(model.get_input_embeddings(), input_ids, model.config.image_token_id, visual)
-        return model.language_model(inputs_embeds=embeds, use_cache=True).logits[:, -1].argmax(-1)
+        # logits of the last position only, as generate computes them
+        out = model.language_model(inputs_embeds=embeds(), use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].argmax(-1)
 
-    with torch.inference_mode():
-        ttft = timed(first_token, repeats=10)
-        gen = timed(
-            lambda: model.generate(input_ids, features=feats, max_new_tokens=new_tokens, min_new_tokens=new_tokens),
-            repeats=3,
-            warmup=1,
+    def generate(tokens: int):
+        out = model.language_model.generate(
+            inputs_embeds=embeds(), attention_mask=attention_mask, do_sample=False, pad_token_id=0,
+            min_new_tokens=tokens, max_new_tokens=tokens,
         )
+        if out.shape[1] != tokens:  # the forced length is the point of the measurement
+            raise RuntimeError(f"generate returned {out.shape[1]} tokens, expected {tokens}")
+
+    def end_to_end():
+        model.generate(input_ids, features=[feats], do_sample=False, pad_token_id=0,
+                       min_new_tokens=DECODE_TOKENS, max_new_tokens=DECODE_TOKENS)
+
+    ttft = time_repeats(first_token, repeats, device)
+    one = time_repeats(lambda: generate(1), repeats, device, warmup=1)
+    full = time_repeats(lambda: generate(DECODE_TOKENS), max(3, repeats // 4), device, warmup=1)
+    one_median = sorted(one)[len(one) // 2]
+    per_token = [(t - one_median) / (DECODE_TOKENS - 1) for t in full]
+    e2e = time_repeats(end_to_end, 3, device, warmup=1)
     return {
         "prompt_tokens": int(input_ids.shape[1]),
-        "ttft_ms_from_memory": median_ms(ttft),
-        "end_to_end_generate_ms_1000_frame_features": median_ms(gen),
-        "new_tokens": new_tokens,
+        "visual_tokens": memory_tokens,
+        "ttft_ms_from_ready_memory": spread(ttft),
+        "generate_1_token_ms": spread(one),
+        f"generate_{DECODE_TOKENS}_tokens_ms": spread(full),
+        "decode_ms_per_token": spread(per_token),
+        f"end_to_end_ms_{frames}_frame_features_{DECODE_TOKENS}_tokens": spread(e2e),
     }
 
 
+# --- main --------------------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--quick", action="store_true", help="a smaller sweep")
-    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU: checks the script runs")
+    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: checks the script runs")
+    parser.add_argument("--repeats", type=int, default=20, help="timed repeats per figure")
     args = parser.parse_args()
     if args.tiny:
-        device, dtype = torch.device("cpu"), torch.float32
+        device, dtype, repeats = torch.device("cpu"), torch.float32, 3
+        batches, checkpoints, lengths = [1, 4], [30, 60], [26, 120]
     else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
+        device, dtype, repeats = torch.device("cuda"), torch.bfloat16, args.repeats
+        batches, checkpoints, lengths = [1, 8, 32, 128], [100, 1000, 5000], [26, 120, 1000]
     torch.manual_seed(0)
     model = build_model(device, dtype, args.tiny)
-    results = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (tiny smoke run)",
-        "torch": torch.__version__,
-        "clip": bench_clip(model, device, dtype, [1, 8, 32] if args.quick else [1, 8, 32, 128]),
-        "streaming": bench_streaming(model, device, dtype, [100, 500] if args.quick else [100, 1000, 5000]),
-        "compress": bench_compress(model, device, dtype, [26, 120, 1000]),
-    }
+    attention = model.language_model.config._attn_implementation
+    results = {"environment": environment(device), "dtype": str(dtype), "attention": attention}
     with torch.inference_mode():
-        results["answer"] = bench_answer(model, device, dtype, new_tokens=32)
-    if device.type == "cuda":
-        results["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print(json.dumps(results, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+        results["clip"] = bench_clip(model, device, dtype, batches, min(repeats, 10))
+        results["streaming"] = bench_streaming(model, device, dtype, checkpoints, repeats)
+        results["compress"] = bench_compress(model, device, dtype, lengths, repeats)
+        results["answer"] = bench_answer(model, device, dtype, repeats)
+    sync(device)
+    results["peak_gpu_gib"] = peak_gib(device)
+    report(results, args.out)
 
 
 if __name__ == "__main__":
