@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from flash_vstream.inference.options import load_options_file
+from flash_vstream.families import families, load_preset
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 
@@ -15,8 +15,8 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_config_loads_and_names_its_command(path):
-    family, options = load_options_file(path)
-    assert family in ("star", "flash") and isinstance(options, dict)
+    family, options = load_preset(path)
+    assert family in families() and isinstance(options, dict)
     assert path.read_text().startswith("# flash-vstream "), "each config opens with the command that uses it"
 
 
@@ -24,13 +24,13 @@ def test_bad_presets_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("family: star\noptions:\n  retreival: paper\n")
     with pytest.raises(ValueError, match="retreival"):
-        load_options_file(bad)
+        load_preset(bad)
     bad.write_text("family: flash\noptions:\n  rope_mode: sideways\n")
     with pytest.raises(ValueError, match="rope_mode"):
-        load_options_file(bad)
+        load_preset(bad)
     bad.write_text("famly: star\n")
     with pytest.raises(ValueError, match="bad.yaml"):
-        load_options_file(bad)
+        load_preset(bad)
 
 
 def test_ask_with_config_preset(tmp_path, capsys):

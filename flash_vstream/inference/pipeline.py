@@ -115,7 +115,7 @@ class FlashVStream:
         if given != 1:
             raise ValueError("pass exactly one of frames=, video= or features= to answer()")
         if video is not None:
-            frames = read_video(video, sampler=self.sampler).frames
+            frames = read_video(video, sampler=self.sampler, progress=progress).frames
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
             frames = frames[None]  # one (H, W, 3) image is a 1-frame video
         inputs = self.input_builder(question, frames=frames, features=features, assistant_prefix=assistant_prefix)
@@ -179,8 +179,8 @@ def load_model(
     from transformers import AutoTokenizer
 
     from flash_vstream.families import family_for_model_type
-    from flash_vstream.inference.loading import read_model_type, resolve_checkpoint, resolve_device, resolve_dtype
     from flash_vstream.model.auto import register_auto_classes
+    from flash_vstream.model.loading import read_model_type, resolve_checkpoint, resolve_device, resolve_dtype
 
     device = resolve_device(device)
     path = resolve_checkpoint(name_or_path)

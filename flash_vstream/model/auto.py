@@ -30,8 +30,8 @@ class ReleasedFlashVStreamLoader:
     def from_pretrained(cls, pretrained_model_name_or_path, *args, dtype=None, torch_dtype=None, **kwargs):
         import torch
 
-        from flash_vstream.inference.loading import resolve_checkpoint
         from flash_vstream.model.checkpoints import load_star_model
+        from flash_vstream.model.loading import resolve_checkpoint
 
         path = Path(resolve_checkpoint(pretrained_model_name_or_path))
         dtype = dtype or torch_dtype or torch.float32
