@@ -1,16 +1,15 @@
 """Streaming CLIP vision encoder and torchvision-free frame preprocessing (STAR family).
 
 The STAR model (Flash-VStream 2024) encodes every frame with CLIP ViT-L/14 at 224 px and keeps the patch
-tokens of hidden layer -2 without the CLS token: 256 x 1024 features per frame
-(`reference/flash-vstream.md` §2.1, §3: `mm_vision_select_layer=-2`, `mm_vision_select_feature="patch"`,
-`image_aspect_ratio="pad"`).
+tokens of hidden layer -2 without the CLS token: 256 x 1024 features per frame (the released config's
+`mm_vision_select_layer=-2`, `mm_vision_select_feature="patch"`, `image_aspect_ratio="pad"`).
 
 Contents:
     * `CLIPFrameProcessor`: numpy + PIL preprocessing, pixel-identical to transformers' PIL backend of
       `CLIPImageProcessor` (the class that runs when torchvision is absent), plus the "pad" mode the
       released checkpoint was trained with (LLaVA's expand-to-square with the mean colour).
-    * `CLIPVisionEncoder`: a frozen wrapper around `transformers.CLIPVisionModel` that streams frames
-      through it in fixed-size chunks.
+    * `CLIPVisionEncoder`: a wrapper around `transformers.CLIPVisionModel` (frozen unless asked) that streams
+      frames through it in fixed-size chunks.
     * `clip_vision_config`: resolves `mm_vision_tower` to a `CLIPVisionConfig` (local dir, built-in preset,
       or the hub).
 
