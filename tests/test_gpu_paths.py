@@ -53,7 +53,7 @@ def _to(value, device):
 def _visual_embeddings(model, inputs) -> torch.Tensor:
     """The LLM-space visual tokens the model computes for ``inputs``: ``(n, hidden)``."""
     if model.config.model_type == "flash_vstream_qwen2_vl":
-        video = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        video = model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
         return torch.cat(list(video.pooler_output))
     return model.visual_tokens(pixel_values=inputs["pixel_values"])
 
