@@ -1,9 +1,10 @@
 """Weighted k-means shared by both memory families (STAR temporal memory, Flash Memory's CSM).
 
 Weighted Lloyd iterations over the rows of a matrix, vectorised (no Python loop over clusters), seeded and
-deterministic, with fp32 accumulation for half-precision inputs. Reference: ``flash-vstream.md`` §2.3
-(STAR's ``weighted_kmeans_feature``) and §7.5 (the time-ordered variant); §14 items 2, 13 and 20 list what
-this version fixes (seeded init, squared-norm distances clamped at zero, vectorised updates, carried weights).
+deterministic, with fp32 accumulation for half-precision inputs. It restates the published
+``weighted_kmeans_feature`` (STAR) and its time-ordered variant (Flash Memory's CSM) with these fixes: a seeded
+init, deterministic reseeding of empty clusters, squared-norm distances clamped at zero (the published ``sqrt``
+produced NaNs), vectorised updates instead of a Python loop over clusters, and carried weights in streaming.
 
 Shapes: n: rows (frames), d: row dimension (flattened tokens of a frame), k: clusters.
 """
@@ -116,7 +117,7 @@ def weighted_kmeans(
 
 
 def kmeans_init_indices(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """Indices of the ``k`` initial rows used by :func:`weighted_kmeans` (exposed for reference tests).
+    """Indices of the ``k`` initial rows used by :func:`weighted_kmeans` (exposed for re-statement tests).
 
     The candidates are the first occurrences of the distinct rows of ``x``, in row order. With at least
     ``k`` candidates, ``k`` of them are drawn by ``torch.randperm`` on a CPU generator seeded with ``seed``;
@@ -141,6 +142,11 @@ def kmeans_init_indices(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     is_first = torch.zeros(n, dtype=torch.bool, device=x.device)
     is_first[first] = True
     return torch.cat([first, rows[~is_first]])[:k]
+
+
+def count_distinct_rows(x: torch.Tensor) -> int:
+    """Number of distinct rows of the 2-D ``x`` (compared bit for bit, without sorting the rows)."""
+    return int(_first_occurrences(x).numel())
 
 
 def _first_occurrences(x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +194,7 @@ def squared_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """``(n, k)`` squared Euclidean distances ``|x|^2 + |c|^2 - 2 x.c``, clamped at 0 against rounding.
 
     Avoids the ``(n, k, d)`` broadcast of the published code; the clamp avoids the NaNs its ``sqrt`` produced
-    on tiny negative values (reference §14 item 13).
+    on tiny negative values.
     """
     x_sq = (x * x).sum(dim=1, keepdim=True)  # (n, 1)
     c_sq = (centroids * centroids).sum(dim=1)  # (k,)

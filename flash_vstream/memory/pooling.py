@@ -1,4 +1,4 @@
-"""Grid average pooling of per-frame patch tokens (STAR's ``compress_spatial_features``, reference §2.1).
+"""Grid average pooling of per-frame patch tokens (STAR's published ``compress_spatial_features``).
 
 Shapes: t: frames, p: input grid side (p*p tokens per frame, row-major), s: output grid side, d: channels.
 """

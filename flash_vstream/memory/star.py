@@ -1,8 +1,8 @@
 """STAR memory of Flash-VStream (2024): spatial, temporal, abstract and retrieved memories over CLIP features.
 
-Reference: ``flash-vstream.md`` §2 and Appendix A.1/A.2. Offline ``compress`` is the published algorithm;
-the streaming calls (``init_state``/``update``/``read``) keep a fixed-size device state and agree with
-``compress`` wherever the algorithm allows (see ``docs/memory.md``).
+Offline ``compress`` is the published algorithm (``docs/memory.md`` states it step by step); the streaming calls
+(``init_state``/``update``/``read``) keep a fixed-size device state and agree with ``compress`` wherever the
+algorithm allows (up to :meth:`StarMemory.exact_streaming_frames` frames, whatever the chunking).
 
 Shapes: t: frames, h: history frames (those older than the spatial window), p: CLIP grid side (16),
 S/t_/a: spatial/temporal/abstract pooled grid sides (8/4/1), d: feature dim (1024), k: temporal clusters.
@@ -21,6 +21,7 @@ from torch import nn
 from flash_vstream.memory.base import MemoryOutput, VideoMemory
 from flash_vstream.memory.kmeans import squared_distances, weighted_kmeans
 from flash_vstream.memory.pooling import pool_grid
+from flash_vstream.memory.star_state import FrameBank, StarState
 
 RETRIEVAL_MODES = ("reference", "paper")
 
@@ -48,8 +49,9 @@ class StarMemoryConfig:
     update_ratio: float = 0.2
     """r in ``M <- (1 - r) M + r softmax(q(M) k(C)^T / sqrt(attention_dim)) C``; in [0, 1]."""
     retrieval: str = "reference"
-    """"reference": the published code (top clusters' ids index the history, §2.4), what the released weights
-    were trained with, hence the default. "paper": nearest real frame to each of the heaviest centroids."""
+    """"reference": the published code (the ids of the heaviest clusters, from a non-stable descending argsort of
+    the masses, index the history), what the released weights were trained with, hence the default. "paper": the
+    nearest real frame to each of the heaviest centroids."""
     kmeans_iters: int = 10
     """Maximum Lloyd iterations of the temporal k-means."""
     kmeans_tol: float = 1e-4
@@ -112,11 +114,34 @@ def _require_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
 
 
-class SemanticAttention(nn.Module):
-    """The abstract memory's learned update (the published ``NeuralTuringMachine``, reference §2.5).
+class LoadOnlyWeights(nn.Module):
+    """Released weights the algorithm never uses, kept as persistent buffers so checkpoints load strictly.
 
-    Only ``q_proj`` and ``k_proj`` take part in the algorithm. ``v_proj``, ``out_proj`` and ``out_ln`` are
-    unused there too; they exist so the released ``model.attention_model.*`` weights load strictly. The
+    Buffers, not parameters: they keep their ``state_dict`` keys (``<name>.weight``, ``<name>.bias``) and follow
+    ``.to(device/dtype)``, but no optimizer, DDP gradient bucket or ``requires_grad_(True)`` can ever reach them.
+    Initialised to the values of an untrained layer (Linear: zeros; LayerNorm: weight ones, bias zeros).
+
+    Args:
+        weight_shape: shape of ``weight``.
+        bias_size: length of ``bias``.
+        weight_fill: initial value of ``weight``.
+        eps: the published LayerNorm epsilon (an attribute for inspection; nothing reads it), or ``None``.
+    """
+
+    def __init__(self, weight_shape: tuple[int, ...], bias_size: int, weight_fill: float = 0.0,
+                 eps: float | None = None):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.full(weight_shape, weight_fill))
+        self.register_buffer("bias", torch.zeros(bias_size))
+
+
+class SemanticAttention(nn.Module):
+    """The abstract memory's learned update (the published ``NeuralTuringMachine``).
+
+    Only ``q_proj`` and ``k_proj`` take part in the algorithm; they are the only parameters. ``v_proj``,
+    ``out_proj`` and ``out_ln`` are unused by the published algorithm too: they are :class:`LoadOnlyWeights`
+    buffers, so the released ``model.attention_model.*`` weights still load strictly under the same keys. The
     published module's dropout is not applied to the attention path.
 
     Args:
@@ -129,9 +154,13 @@ class SemanticAttention(nn.Module):
         self.attention_dim = attention_dim
         self.q_proj = nn.Linear(dim, attention_dim)
         self.k_proj = nn.Linear(dim, attention_dim)
-        self.v_proj = nn.Linear(dim, attention_dim)
-        self.out_proj = nn.Linear(attention_dim, dim)
-        self.out_ln = nn.LayerNorm(dim, eps=1e-12)
+        self.v_proj = LoadOnlyWeights((attention_dim, dim), attention_dim)
+        self.out_proj = LoadOnlyWeights((dim, attention_dim), dim)
+        self.out_ln = LoadOnlyWeights((dim,), dim, weight_fill=1.0, eps=1e-12)
+
+    def zero_dependency(self) -> torch.Tensor:
+        """A scalar exactly 0 that depends on every trainable parameter (see :meth:`StarMemory.compress`)."""
+        return sum(p.sum() for p in self.parameters()) * 0.0
 
     def update(self, memory: torch.Tensor, chunk: torch.Tensor, update_ratio: float) -> torch.Tensor:
         """One chunk update ``M <- M (1 - decay) + A C`` with ``A = r softmax(q(M) k(C)^T / sqrt(attention_dim))``.
@@ -175,101 +204,10 @@ class SemanticAttention(nn.Module):
         return memory.reshape(num_slots, n, d)
 
 
-@dataclass
-class FrameBank:
-    """Retrieval bank: P_spa features of frames that left the spatial window, on ``bank_device``, capped.
-
-    Grows by doubling up to the capacity; when full, every other entry is dropped counting back from the
-    newest (the newest stays), so older history thins out geometrically and the bank never exceeds its
-    capacity.
-    ``frame_ids`` keeps each entry's stream index so retrieval reports real frames.
-
-    Attributes:
-        features: ``(allocated, S*S, d)`` storage; rows ``[:size]`` are valid, oldest first.
-        frame_ids: ``(allocated,)`` int64 stream index of each row.
-        size: number of valid rows.
-    """
-
-    features: torch.Tensor
-    frame_ids: torch.Tensor
-    size: int = 0
-
-    def append(self, features: torch.Tensor, frame_ids: torch.Tensor, capacity: int) -> None:
-        """Store ``(n, S*S, d)`` features (moved to the bank's device), evicting as needed."""
-        device = self.features.device
-        features, frame_ids = features.to(device), frame_ids.to(device)
-        done = 0
-        while done < features.shape[0]:
-            if self.size == capacity:
-                self._evict_every_other()
-            take = min(features.shape[0] - done, capacity - self.size)
-            self._reserve(self.size + take, capacity)
-            self.features[self.size:self.size + take] = features[done:done + take]
-            self.frame_ids[self.size:self.size + take] = frame_ids[done:done + take]
-            self.size += take
-            done += take
-
-    def _reserve(self, needed: int, capacity: int) -> None:
-        allocated = self.features.shape[0]
-        if needed <= allocated:
-            return
-        new_size = min(capacity, max(needed, 2 * allocated))
-        grown = self.features.new_empty((new_size, *self.features.shape[1:]))
-        grown[:self.size] = self.features[:self.size]
-        ids = self.frame_ids.new_empty(new_size)
-        ids[:self.size] = self.frame_ids[:self.size]
-        self.features, self.frame_ids = grown, ids
-
-    def _evict_every_other(self) -> None:
-        keep = torch.arange((self.size - 1) % 2, self.size, 2, device=self.features.device)
-        self.features[:keep.numel()] = self.features[keep]
-        self.frame_ids[:keep.numel()] = self.frame_ids[keep]
-        self.size = keep.numel()
-
-
-@dataclass
-class StarState:
-    """Streaming state of :class:`StarMemory`. Device tensors are preallocated; counters say what is valid.
-
-    ``update`` writes into these buffers in place (like a KV cache) and returns the same object.
-
-    Attributes:
-        spatial: ``(N_spa, S*S, d)`` newest frames, oldest first; rows ``[:num_spatial]`` valid.
-        spatial_ids: ``(N_spa,)`` int64 stream index of each spatial frame.
-        spatial_times: ``(N_spa,)`` float32 timestamp of each spatial frame.
-        centroids: ``(N_tem, t_*t_, d)`` temporal memory; rows ``[:num_centroids]`` valid.
-        masses: ``(N_tem,)`` float32 carried cluster masses (frames per cluster).
-        centroid_times: ``(N_tem,)`` float32 weighted-mean timestamps.
-        slots: ``(N_abs, a*a, d)`` abstract memory; rows ``[:num_slots]`` valid.
-        pending: ``(N_abs, a*a, d)`` frames of the next abstract chunk; rows ``[:num_pending]`` valid.
-        bank: the retrieval bank (on ``bank_device``, capped; not part of the fixed device state).
-        num_spatial, num_centroids, num_slots, num_pending: valid-row counters.
-        frames_seen: frames pushed so far.
-    """
-
-    spatial: torch.Tensor
-    spatial_ids: torch.Tensor
-    spatial_times: torch.Tensor
-    centroids: torch.Tensor
-    masses: torch.Tensor
-    centroid_times: torch.Tensor
-    slots: torch.Tensor
-    pending: torch.Tensor
-    bank: FrameBank
-    num_spatial: int = 0
-    num_centroids: int = 0
-    num_slots: int = 0
-    num_pending: int = 0
-    frames_seen: int = 0
-
-    def device_tensors(self) -> list[torch.Tensor]:
-        """The fixed-size device part of the state (everything but the bank)."""
-        return [self.spatial, self.spatial_ids, self.spatial_times, self.centroids, self.masses,
-                self.centroid_times, self.slots, self.pending]
-
-
-class StarMemory(VideoMemory):
+class StarMemory(VideoMemory[StarState]):
     """The STAR memory: ``[abstract; temporal; retrieved; spatial]`` tokens from CLIP patch features.
+
+    The projector maps memory tokens 1:1 to decoder tokens, so ``num_tokens`` counts memory tokens.
 
     Args:
         config: sizes and switches; defaults give 681 tokens on a long clip.
@@ -285,19 +223,37 @@ class StarMemory(VideoMemory):
         self.config = config if config is not None else StarMemoryConfig()
         self.attention = SemanticAttention(self.config.feature_dim, self.config.attention_dim)
 
+    @classmethod
+    def tiny(cls, **overrides) -> StarMemory:
+        """A CPU-sized memory for tests: 4x4 input grid, 6 channels, small pools and caps (``overrides`` win)."""
+        values = dict(feature_grid=4, spatial_size=2, temporal_size=1, abstract_size=1, temporal_clusters=4,
+                      abstract_slots=3, retrieved_frames=2, feature_dim=6, attention_dim=5, bank_capacity=16)
+        values.update(overrides)
+        return cls(StarMemoryConfig(**values)).eval()
+
     # --- offline ------------------------------------------------------------------------------------------
 
     def compress(self, features: torch.Tensor, times: torch.Tensor | None = None) -> MemoryOutput:
-        """Compress a whole clip (reference A.1); differentiable w.r.t. the attention's q/k weights.
+        """Compress a whole clip; differentiable w.r.t. the attention's q/k weights.
+
+        Every call puts ``q_proj``/``k_proj`` in the autograd graph, also on clips too short to use them
+        (history <= N_abs): DDP without ``find_unused_parameters`` needs every trainable parameter in each step's
+        graph, so the tokens get an exact ``+ 0`` that depends on them (their gradient is then zero).
 
         Args:
             features: ``(t, p*p, d)`` CLIP patch tokens.
             times: ``(t,)`` timestamps (default frame indices), reported as cluster times in ``extras``.
 
         Returns:
-            The memory tokens with ``segments`` and ``extras`` (``temporal_weights``, ``temporal_times``,
-            ``retrieved_frames``: indices of the retrieved frames in the clip).
+            Tokens in the dtype of ``features``, with ``segments`` and ``extras`` (``temporal_weights``,
+            ``temporal_times``, ``retrieved_frames``: indices of the retrieved frames in the clip).
         """
+        out = self._compress(features, times)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.attention.parameters()):
+            out.tokens = out.tokens + self.attention.zero_dependency().to(out.tokens.dtype)
+        return out
+
+    def _compress(self, features: torch.Tensor, times: torch.Tensor | None) -> MemoryOutput:
         cfg = self.config
         self._check_features(features, "compress")
         num_frames = features.shape[0]
@@ -322,9 +278,20 @@ class StarMemory(VideoMemory):
                   "retrieved_frames": picks}
         return self._assemble(current, abstract, temporal, hist[picks], extras)
 
-    def num_tokens(self, num_frames: int) -> int:
-        """Tokens ``compress`` yields for ``num_frames`` frames (also what ``read`` yields after them)."""
+    def num_tokens(self, num_frames: int, grid_hw: tuple[int, int] | None = None) -> int:
+        """Decoder tokens (= memory tokens) for ``num_frames`` frames, from ``compress`` or ``read`` after them.
+
+        Args:
+            num_frames: frames of the clip (>= 1).
+            grid_hw: the CLIP patch grid; optional, since the config fixes it (``feature_grid`` squared).
+
+        Raises:
+            ValueError: on ``num_frames < 1`` or a ``grid_hw`` other than the config's.
+        """
         cfg = self.config
+        if grid_hw is not None and tuple(grid_hw) != (cfg.feature_grid, cfg.feature_grid):
+            raise ValueError(f"grid_hw={tuple(grid_hw)} differs from the STAR memory's fixed feature grid "
+                             f"({cfg.feature_grid}, {cfg.feature_grid}); pass grid_hw=None or fix feature_grid.")
         if num_frames < 1:
             raise ValueError(f"num_frames={num_frames} must be >= 1.")
         per_frame = cfg.spatial_size**2
@@ -340,12 +307,32 @@ class StarMemory(VideoMemory):
             + num_spatial * per_frame
         )
 
+    def random_features(self, num_frames: int, *, grid_hw: tuple[int, int] | None = None,
+                        generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+        """``(num_frames, feature_grid**2, feature_dim)`` standard-normal features, drawn on the CPU."""
+        self.num_tokens(1, grid_hw)  # validates grid_hw
+        cfg = self.config
+        shape = (num_frames, cfg.feature_grid**2, cfg.feature_dim)
+        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+
+    def exact_streaming_frames(self) -> int:
+        """Streaming equals ``compress`` while the history fits the clusters (identity k-means)."""
+        return self.config.temporal_clusters + self.config.spatial_frames
+
+    @property
+    def bank_capacity(self) -> int:
+        return self.config.bank_capacity
+
     # --- streaming ----------------------------------------------------------------------------------------
 
     def init_state(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> StarState:
-        """Empty preallocated state on ``device`` in ``dtype`` (defaults: those of the module's weights)."""
+        """Empty preallocated state on ``device`` in ``dtype`` (defaults: those of the module's weights).
+
+        ``read`` returns tokens in ``dtype``; the retrieval bank lives on ``config.bank_device``.
+        """
         cfg = self.config
         weight = self.attention.q_proj.weight
         device = weight.device if device is None else torch.device(device)
@@ -379,11 +366,11 @@ class StarMemory(VideoMemory):
 
         Args:
             state: from :meth:`init_state` or a previous ``update``; written in place.
-            features: new frames' CLIP patch tokens.
+            features: new frames' CLIP patch tokens (cast to the state's dtype).
             times: ``(n,)`` timestamps (default: stream indices).
 
         Returns:
-            ``state``.
+            ``state`` itself.
         """
         cfg = self.config
         self._check_features(features, "update")
@@ -410,7 +397,9 @@ class StarMemory(VideoMemory):
 
     @torch.no_grad()
     def read(self, state: StarState) -> MemoryOutput:
-        """Read the memory as tokens without changing ``state`` (a partial abstract chunk updates a copy).
+        """Read the memory as tokens (in the state's dtype) without changing ``state``.
+
+        A partial abstract chunk is applied to a copy of the slots.
 
         Raises:
             ValueError: if no frame was pushed yet.
@@ -502,14 +491,16 @@ class StarMemory(VideoMemory):
     ) -> torch.Tensor:
         """Positions (in the history / bank) of the retrieved frames.
 
-        "reference": the ids of the ``N_ret`` heaviest clusters, used as history positions, as published
-        (stable sort, so equal masses give 0, 1, 2). "paper": for each heaviest centroid in mass order, the
-        nearest candidate frame not taken yet (so the count never shrinks), returned in time order.
+        ``candidates is None`` ("reference"): the first ``N_ret`` ids of ``torch.argsort(masses,
+        descending=True)``, the published call (a NON-stable sort: the order of equal masses is whatever the
+        device's sort kernel gives), used as history positions. Otherwise ("paper"): for each of the heaviest
+        centroids (stable sort, mass order), the nearest candidate frame not taken yet (so the count never
+        shrinks), returned in time order.
         """
         num = min(self.config.retrieved_frames, centroids.shape[0])
-        heaviest = torch.sort(masses, descending=True, stable=True).indices[:num]
         if candidates is None:
-            return heaviest
+            return torch.argsort(masses, descending=True)[:num]
+        heaviest = torch.sort(masses, descending=True, stable=True).indices[:num]
         dist = squared_distances(centroids[heaviest].float(), candidates.float())  # (num, candidates)
         picks = []
         for row in range(num):

@@ -14,6 +14,8 @@ import torch
 class DualResFeatures:
     """Pre-merger ViT tokens of ``t`` temporal patches at two resolutions.
 
+    Slicing (``features[a:b]``) and ``len`` work over temporal patches, like a tensor's first axis.
+
     Attributes:
         high: ``(t, n_hi, d)`` full-resolution tokens (``n_hi = h*w``, merge windows contiguous).
         low: ``(t, n_lo, d)`` half-resolution tokens (``n_lo = h/pool * w/pool``).
@@ -36,6 +38,27 @@ class DualResFeatures:
             raise ValueError(
                 f"DualResFeatures.low must be ({t}, {expected_low}, d); got {tuple(self.low.shape)}"
             )
+        if self.low.shape[2] != self.high.shape[2]:
+            raise ValueError(
+                f"DualResFeatures: high and low must have the same width d; got {self.high.shape[2]} and "
+                f"{self.low.shape[2]}"
+            )
+
+    def __len__(self) -> int:
+        return self.num_patches
+
+    def __getitem__(self, index: slice) -> DualResFeatures:
+        """The temporal patches ``index`` (a slice), same grid and pool size."""
+        if not isinstance(index, slice):
+            raise TypeError(f"DualResFeatures can only be sliced (features[a:b]); got {type(index).__name__}")
+        return DualResFeatures(self.high[index], self.low[index], self.grid_hw, self.pool_size)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DualResFeatures:
+        """A copy with both resolutions on ``device`` in ``dtype`` (each ``None`` keeps the current one)."""
+        return DualResFeatures(
+            self.high.to(device=device, dtype=dtype), self.low.to(device=device, dtype=dtype), self.grid_hw,
+            self.pool_size,
+        )
 
     @property
     def num_patches(self) -> int:
