@@ -1,30 +1,36 @@
-"""Frames -> Qwen2-VL patches, and the dual-resolution pass over transformers' own Qwen2-VL vision tower."""
+"""Frames -> Qwen-VL patches, and the dual-resolution pass through transformers' own Qwen2-VL / Qwen2.5-VL towers."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen2VLVisionConfig
+from transformers import Qwen2_5_VLVisionConfig, Qwen2VLVisionConfig
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
 from flash_vstream.model.tiny_qwen2vl import TINY_VISION
 from flash_vstream.vision.qwen2vl import (
     FlashFrameProcessor,
-    FlashVisionTower,
     downsample_patches,
+    encode_dual_resolution,
     patchify,
+    pre_merger_tokens,
     unpatchify,
 )
 
+TOWERS = {
+    "flash-qwen2vl": (Qwen2VLVisionConfig, Qwen2VisionTransformerPretrainedModel),
+    "flash-qwen2_5vl": (Qwen2_5_VLVisionConfig, Qwen2_5_VisionTransformerPretrainedModel),
+}
 
-@pytest.fixture(scope="module")
-def towers():
-    config = Qwen2VLVisionConfig(**TINY_VISION)
+
+@pytest.fixture(scope="module", params=sorted(TOWERS))
+def tower(request):
+    config_class, tower_class = TOWERS[request.param]
     torch.manual_seed(0)
-    ours = FlashVisionTower(config).eval()
-    theirs = Qwen2VisionTransformerPretrainedModel(config).eval()
-    theirs.load_state_dict(ours.state_dict())
-    return ours, theirs
+    return tower_class(config_class(**TINY_VISION[request.param])).eval()
 
 
 def test_published_frame_sizes():
@@ -77,30 +83,42 @@ def test_downsample_is_pixel_average_pool():
         downsample_patches(patchify(torch.randn(1, 3, 2, 28, 28), 14, 2), (1, 2, 2), 2, 14, 2)
 
 
-def test_full_resolution_features_equal_transformers_tower(towers):
-    ours, theirs = towers
-    pixels = torch.randn(2 * 4 * 8 + 2 * 8 * 4, 1176)
-    grid = torch.tensor([[2, 4, 8], [2, 8, 4]])
+def test_pre_merger_tokens_are_transformers_own_in_spatial_order(tower):
+    """merger(our tokens) is the tower's own pooler_output, exactly; for Qwen2.5-VL the raw last_hidden_state
+    is in window order (so the un-permutation is really exercised), ours is not."""
+    pixels = torch.randn(2 * 8 * 8 + 2 * 4 * 8, 1176)
+    grid = torch.tensor([[2, 8, 8], [2, 4, 8]])  # the 8x8 grid spans 4 windows of 2x2 merged tokens (Qwen2.5-VL)
     with torch.no_grad():
-        expected = theirs(pixels, grid_thw=grid).last_hidden_state  # pre-merger output of transformers' tower
-        got = ours.forward_features(pixels, grid)
-    torch.testing.assert_close(got, expected)
+        own = tower(pixels, grid_thw=grid)
+        ours = pre_merger_tokens(tower, pixels, grid)
+        assert torch.equal(tower.merger(ours), own.pooler_output)
+    if tower.config.model_type == "qwen2_5_vl_vision":
+        assert not torch.allclose(ours, own.last_hidden_state)
+    else:
+        assert torch.equal(ours, own.last_hidden_state)
 
 
-def test_dual_resolution_pass_equals_separate_passes(towers):
-    """One ViT call over full + half resolution gives what two separate calls give (windowed attention)."""
-    ours, theirs = towers
+def test_dual_resolution_pass_equals_separate_passes(tower):
+    """One ViT call over full + half resolution gives what two separate calls of the tower give."""
     rng = np.random.default_rng(2)
     frames = rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
     pixels, grid = FlashFrameProcessor()(frames)
     small, small_grid = downsample_patches(pixels, tuple(grid[0].tolist()), 2, 14, 2)
     with torch.no_grad():
-        (dual,) = ours.forward_dual_resolution(pixels, grid)
-        high = theirs(pixels, grid_thw=grid).last_hidden_state
-        low = theirs(small, grid_thw=torch.tensor([small_grid])).last_hidden_state
+        (dual,) = encode_dual_resolution(tower, pixels, grid)
+        high = tower.merger(dual.high.reshape(-1, 32))
+        low = tower.merger(dual.low.reshape(-1, 32))
+        own_high = tower(pixels, grid_thw=grid).pooler_output
+        own_low = tower(small, grid_thw=torch.tensor([small_grid])).pooler_output
     assert dual.grid_hw == (8, 8) and dual.high.shape == (2, 64, 32) and dual.low.shape == (2, 16, 32)
-    torch.testing.assert_close(dual.high.reshape(-1, 32), high, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(dual.low.reshape(-1, 32), low, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(high, own_high, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(low, own_low, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_tower_type_is_refused():
+    other = SimpleNamespace(config=SimpleNamespace(model_type="siglip_vision_model"))
+    with pytest.raises(ValueError, match="siglip_vision_model.*not supported"):
+        pre_merger_tokens(other, torch.zeros(4, 1176), torch.tensor([[1, 2, 2]]))
 
 
 def test_bad_frames_raise():

@@ -1,14 +1,15 @@
-"""Model inputs for Flash-VStream on Qwen2-VL: chat prompt with the right number of video slots, plus pixels.
+"""Model inputs for Flash-VStream on Qwen2-VL / Qwen2.5-VL: chat prompt with the right number of video slots, pixels.
 
-The prompt is the tokenizer's own chat template (Qwen2-VL's ChatML) with one user turn
+The prompt is the tokenizer's own chat template (Qwen-VL's ChatML) with one user turn
 ``<|vision_start|>`` + N x ``<|video_pad|>`` + ``<|vision_end|>`` + question, then the generation prompt
-and the optional assistant prefix (e.g. ``"Best option: ("``, reference §10). N is exactly what Flash Memory
-yields after the merger, computed from shapes alone (reference §7.7, §7.9):
+and the optional assistant prefix (e.g. ``"Best option: ("``, as the published multiple-choice evaluation
+does). N is exactly what Flash Memory yields after the merger, computed from shapes alone:
 ``min(t, N_DAM) * h*w/4 + min(t, N_CSM) * (h/2)*(w/2)/4`` for ``t`` temporal patches of an ``h x w`` patch grid,
 e.g. 11,520 for 240 frames at 448x448, 10,800 at 336x560, 2,560 for 16 frames at 448x448.
 
-Alongside ``input_ids`` come ``attention_mask``, ``mm_token_type_ids`` (0 text, 2 video, required by
-transformers 5.x), ``pixel_values_videos`` and ``video_grid_thw``.
+Alongside ``input_ids`` come ``attention_mask``, ``mm_token_type_ids`` (0 text, 2 video, as transformers 5.x
+processors return them), ``pixel_values_videos`` and ``video_grid_thw``. Both backbones share the patch layout,
+the special tokens and the memory, so one builder serves both (:meth:`FlashInputBuilder.for_model`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class FlashInputBuilder:
     """Builds ``generate``/``forward`` kwargs from a question and sampled frames.
 
     Args:
-        tokenizer: the checkpoint's tokenizer (with a chat template and the Qwen2-VL vision specials).
+        tokenizer: the checkpoint's tokenizer (with a chat template and the Qwen-VL vision specials).
         frame_processor: resizing and patchifying.
         memory: the model's Flash Memory (for the token count).
         video_token: placeholder token of one visual token.
@@ -73,7 +74,7 @@ class FlashInputBuilder:
                     f"tokenizer saved with this checkpoint"
                 )
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template; Qwen2-VL checkpoints ship one")
+            raise ValueError("the tokenizer has no chat template; Qwen-VL checkpoints ship one (chat_template.jinja)")
         return builder
 
     def num_video_tokens(self, num_frames: int, height: int, width: int) -> int:
@@ -97,7 +98,7 @@ class FlashInputBuilder:
             ValueError: without ``frames`` (this family encodes pixels itself), or on a token-count mismatch.
         """
         if features is not None or frames is None:
-            raise ValueError("Flash-VStream on Qwen2-VL needs frames= (uint8 (T, H, W, 3)); features are unused")
+            raise ValueError("the Flash family needs frames= (uint8 (T, H, W, 3)); pre-extracted features are unused")
         frames = np.asarray(frames)
         pixel_values, grid = self.frame_processor(frames)  # validates the frames array
         count = self.num_video_tokens(len(frames), frames.shape[1], frames.shape[2])

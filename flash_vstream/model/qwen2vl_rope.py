@@ -1,4 +1,4 @@
-"""AM-RoPE: Qwen2-VL M-RoPE position ids for Flash Memory tokens (reference ``flash-vstream.md`` §7.8, §11).
+"""AM-RoPE: Qwen-VL M-RoPE position ids for Flash Memory tokens (Qwen2-VL and Qwen2.5-VL alike).
 
 Every memory token gets a 3-D id ``(t, h, w)``: ``t`` from the memory's own time index (a DAM token: the true
 temporal-patch index of the frame it was retrieved from; a CSM token: its cluster's rounded weighted-mean
@@ -12,10 +12,14 @@ Two layouts:
 - ``"reference"`` (the published code, so released weights evaluate as trained): CSM ids are additionally
   shifted by the DAM token count on all three axes, and the text after the video continues where the
   published *virtual grid* ends, ``start + |DAM| + max(N_csm, h_csm, w_csm)``, which late CSM timestamps can
-  overtake (the overlap the reference notes as unverified in effect).
+  overtake (an overlap of text and visual ids whose effect on answers has not been measured).
 
-Works per sample, so batches of any size (with left or right padding) are supported; the published code
-asserts batch size 1.
+Temporal ids count temporal patches (two frames) on both backbones. Qwen2.5-VL's own ids scale time by
+``tokens_per_second`` and the frame interval; AM-RoPE keeps the published Flash-VStream unit instead, so the same
+memory gives the same ids whichever backbone reads it.
+
+Works per sample, so batches of any size (with left or right padding) are supported (the published code
+handles batch size 1 only).
 """
 
 from __future__ import annotations
@@ -91,9 +95,7 @@ def memory_position_ids(layout: MemoryLayout, start: int, mode: str = "paper") -
     return ids, int(ids.max()) + 1
 
 
-def sequence_position_ids(
-    token_types: torch.Tensor, layouts: list[MemoryLayout], mode: str = "paper"
-) -> torch.Tensor:
+def sequence_position_ids(token_types: torch.Tensor, layouts: list[MemoryLayout], mode: str = "paper") -> torch.Tensor:
     """``(3, L)`` ids of one unpadded sequence: text runs count up, each video run takes AM-RoPE ids.
 
     Args:
@@ -107,9 +109,7 @@ def sequence_position_ids(
     return _sequence_ids(token_types, layouts, mode)[0]
 
 
-def _sequence_ids(
-    token_types: torch.Tensor, layouts: list[MemoryLayout], mode: str
-) -> tuple[torch.Tensor, int]:
+def _sequence_ids(token_types: torch.Tensor, layouts: list[MemoryLayout], mode: str) -> tuple[torch.Tensor, int]:
     """:func:`sequence_position_ids` plus the id a token appended to the sequence would get."""
     parts, next_id, videos = [], 0, iter(layouts)
     for kind, group in itertools.groupby(token_types.tolist()):
@@ -129,7 +129,7 @@ def _sequence_ids(
             ids, next_id = memory_position_ids(layout, next_id, mode)
             parts.append(ids.cpu())
         else:
-            raise ValueError("Flash-VStream on Qwen2-VL takes videos only; image tokens are not supported")
+            raise ValueError("the Flash family takes videos only; image tokens are not supported")
     if not parts:
         return torch.zeros(3, 0, dtype=torch.long), next_id
     return torch.cat(parts, dim=1), next_id

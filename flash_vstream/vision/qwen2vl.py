@@ -1,19 +1,25 @@
-"""Frames to Qwen2-VL pixel patches, and a dual-resolution pass over transformers' Qwen2-VL vision tower.
+"""Frames to Qwen-VL pixel patches, and a dual-resolution pass through transformers' own Qwen-VL vision towers.
 
-Flash Memory (reference ``flash-vstream.md`` §7.3-§7.4, Appendix A.3) needs two views of every temporal
-patch:
+Flash Memory needs two views of every temporal patch (two consecutive frames):
 
 - the full-resolution pre-merger ViT tokens ``x_H`` (``h*w`` tokens of a ``h x w`` patch grid), and
 - the pre-merger tokens ``x_L`` of the same pixels average-pooled 2x2 *before* the ViT (``h/2*w/2`` tokens).
 
-Both go through the same ViT in one call (attention is windowed per temporal patch, so they never mix).
-The published code pools pixels before the encoder although its figure draws the pool after it; we follow
-the code.
+Both go through the same ViT in one call: attention never crosses a temporal patch (Qwen2-VL) or a window of
+one clip (Qwen2.5-VL), so the two resolutions never mix. The published Flash-VStream-Qwen code pools pixels
+before the encoder (its paper figure draws the pool after it); we follow the code.
+
+The ViT is transformers' own tower, run through its own ``forward``: :func:`pre_merger_tokens` takes the
+tower's ``last_hidden_state`` (the tokens before the patch merger) and, for Qwen2.5-VL, whose blocks run in
+*window order*, puts the tokens back in spatial order with the same window index the tower used
+(``transformers.vision_utils.get_vision_window_index``). The model applies the tower's ``merger`` to what the
+memory keeps. Which towers need that permutation is a table keyed by ``vision_config.model_type``.
 
 Frames are resized with ``smart_resize`` twice, as the published pipeline does: first with factor 28 under
 ``max_pixels`` (the frame loader), then with factor ``patch * merge * pool = 56`` (the image processor), so
 the patch grid is a multiple of 4 and the half-resolution grid still tiles into 2x2 merge windows. An odd
-frame count is padded by repeating the last frame (two frames form one temporal patch).
+frame count is padded by repeating the last frame (two frames form one temporal patch). Qwen2-VL and
+Qwen2.5-VL share the patch layout and the normalisation, so one processor serves both.
 
 Shapes: t: temporal patches, h/w: patch grid of a frame (pixels / 14), d: ViT width, p: patch size (14),
 m: spatial merge size (2), tp: temporal patch size (2), c: channels (3).
@@ -27,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
-from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
+from torch import nn
+from transformers.vision_utils import get_vision_window_index
 
 from flash_vstream.vision.features import DualResFeatures
 
@@ -136,9 +142,7 @@ class FlashFrameProcessor:
         """
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0 or frames.dtype != np.uint8:
-            raise ValueError(
-                f"frames must be a non-empty uint8 array (T, H, W, 3); got {frames.dtype} {frames.shape}"
-            )
+            raise ValueError(f"frames must be a non-empty uint8 array (T, H, W, 3); got {frames.dtype} {frames.shape}")
         video = torch.from_numpy(np.stack([self._resize(f) for f in frames]))  # (T, H', W', 3) uint8
         remainder = video.shape[0] % self.temporal_patch_size
         if remainder:  # pad by repeating the last frame, as the published loader does
@@ -149,9 +153,7 @@ class FlashFrameProcessor:
         std = torch.tensor(QWEN2VL_STD).view(1, 3, 1, 1)
         video = (video - mean) / std
         t = video.shape[0] // self.temporal_patch_size
-        volume = video.view(t, self.temporal_patch_size, *video.shape[1:]).transpose(
-            1, 2
-        )  # (t, c, tp, H', W')
+        volume = video.view(t, self.temporal_patch_size, *video.shape[1:]).transpose(1, 2)  # (t, c, tp, H', W')
         patches = patchify(volume, self.patch_size, self.merge_size)
         grid = torch.tensor([[t, volume.shape[-2] // self.patch_size, volume.shape[-1] // self.patch_size]])
         return patches, grid
@@ -216,63 +218,77 @@ def downsample_patches(
     return patchify(pooled, patch_size, merge_size), (t, h // pool, w // pool)
 
 
-class FlashVisionTower(Qwen2VisionTransformerPretrainedModel):
-    """transformers' Qwen2-VL vision tower plus a pre-merger pass at two resolutions.
+# vision_config.model_type -> whether the tower's blocks run in window order (Qwen2.5-VL's windowed attention).
+WINDOW_ORDERED_TOWERS = {"qwen2_vl_vision": False, "qwen2_5_vl_vision": True}
 
-    The parameters and their names are the parent's (``patch_embed``, ``blocks``, ``merger``), so checkpoints
-    load unchanged. The merger is applied by the model after Flash Memory has chosen which tokens to keep.
+
+def pre_merger_tokens(tower: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Pre-merger ViT tokens in spatial (input) order, from the tower's own ``forward``.
+
+    Args:
+        tower: transformers' ``Qwen2VisionTransformerPretrainedModel`` or
+            ``Qwen2_5_VisionTransformerPretrainedModel``.
+        pixel_values: ``(sum t*h*w, c*tp*p*p)`` patches of one or more clips.
+        grid_thw: ``(num_clips, 3)`` grids.
+
+    Returns:
+        ``(sum t*h*w, d)`` tokens in the order of ``pixel_values`` (merge windows contiguous), so that
+        ``tower.merger(tokens)`` equals the tower's own ``pooler_output``.
+
+    Raises:
+        ValueError: for a tower whose ``config.model_type`` is not in :data:`WINDOW_ORDERED_TOWERS`.
     """
+    kind = tower.config.model_type
+    if kind not in WINDOW_ORDERED_TOWERS:
+        raise ValueError(
+            f"vision tower type {kind!r} is not supported; Flash Memory runs on {sorted(WINDOW_ORDERED_TOWERS)}"
+        )
+    tokens = tower(pixel_values.to(tower.dtype), grid_thw=grid_thw).last_hidden_state
+    if not WINDOW_ORDERED_TOWERS[kind]:
+        return tokens
+    # The tower permuted whole merge units (m*m tokens) into window order; invert that permutation.
+    window_index, _ = get_vision_window_index(
+        grid_thw,
+        spatial_merge_size=tower.spatial_merge_size,
+        window_size=tower.window_size,
+        patch_size=tower.patch_size,
+    )
+    unit = tower.spatial_merge_size**2
+    reverse = torch.argsort(window_index.to(tokens.device))
+    return tokens.view(-1, unit, tokens.shape[-1])[reverse].reshape(tokens.shape)  # (N/unit, unit, d) -> (N, d)
 
-    def forward_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """Pre-merger ViT tokens: the parent's forward without the merger.
 
-        Args:
-            pixel_values: ``(sum t*h*w, c*tp*p*p)`` patches of one or more clips.
-            grid_thw: ``(num_clips, 3)`` grids.
+def encode_dual_resolution(
+    tower: nn.Module, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor, pool_size: int = 2
+) -> list[DualResFeatures]:
+    """Full- and half-resolution pre-merger tokens of every clip, from one call of the tower.
 
-        Returns:
-            ``(sum t*h*w, d)`` tokens, in the input order.
-        """
-        position_ids = get_vision_position_ids(grid_thw, self.spatial_merge_size)
-        cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.config)
-        hidden = self.patch_embed(pixel_values.to(self.dtype))
-        position_embeddings = self.rotary_pos_emb(hidden, position_ids)
-        for block in self.blocks:
-            hidden = block(
-                hidden, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen, position_embeddings=position_embeddings
-            )
-        return hidden
+    Args:
+        tower: transformers' Qwen2-VL or Qwen2.5-VL vision tower.
+        pixel_values_videos: ``(sum t*h*w, c*tp*p*p)`` full-resolution patches of all clips.
+        video_grid_thw: ``(num_clips, 3)`` full-resolution grids.
+        pool_size: pixel down-sampling of the second pathway.
 
-    def forward_dual_resolution(
-        self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor, pool_size: int = 2
-    ) -> list[DualResFeatures]:
-        """Full- and half-resolution pre-merger tokens of every clip, from one ViT call.
-
-        Args:
-            pixel_values_videos: ``(sum t*h*w, c*tp*p*p)`` full-resolution patches of all clips.
-            video_grid_thw: ``(num_clips, 3)`` full-resolution grids.
-            pool_size: pixel down-sampling of the second pathway.
-
-        Returns:
-            One :class:`DualResFeatures` per clip: ``high`` ``(t, h*w, d)`` and ``low`` ``(t, h/2*w/2, d)``.
-        """
-        grids = [tuple(int(v) for v in g) for g in video_grid_thw.tolist()]
-        full_sizes = [t * h * w for t, h, w in grids]
-        small, small_grids = [], []
-        for clip, grid in zip(pixel_values_videos.split(full_sizes), grids, strict=True):
-            patches, small_grid = downsample_patches(
-                clip.float(), grid, pool_size, self.config.patch_size, self.spatial_merge_size
-            )
-            small.append(patches)
-            small_grids.append(small_grid)
-        pixels = torch.cat([pixel_values_videos.float(), *small])
-        all_grids = torch.tensor(grids + small_grids, device=video_grid_thw.device)
-        tokens = self.forward_features(pixels, all_grids)  # (sum full + sum small, d)
-        small_sizes = [t * h * w for t, h, w in small_grids]
-        parts = tokens.split(full_sizes + small_sizes)
-        out = []
-        for i, (t, h, w) in enumerate(grids):
-            high = parts[i].view(t, h * w, -1)  # (t, h*w, d)
-            low = parts[len(grids) + i].view(t, small_sizes[i] // t, -1)  # (t, h/2*w/2, d)
-            out.append(DualResFeatures(high=high, low=low, grid_hw=(h, w), pool_size=pool_size))
-        return out
+    Returns:
+        One :class:`DualResFeatures` per clip: ``high`` ``(t, h*w, d)`` and ``low`` ``(t, h/2*w/2, d)``.
+    """
+    grids = [tuple(int(v) for v in g) for g in video_grid_thw.tolist()]
+    full_sizes = [t * h * w for t, h, w in grids]
+    patch_size, merge = tower.config.patch_size, tower.config.spatial_merge_size
+    small, small_grids = [], []
+    for clip, grid in zip(pixel_values_videos.split(full_sizes), grids, strict=True):
+        # Pool in fp32 whatever the tower's dtype, so bf16 towers see the same pooled pixels.
+        patches, small_grid = downsample_patches(clip.float(), grid, pool_size, patch_size, merge)
+        small.append(patches)
+        small_grids.append(small_grid)
+    pixels = torch.cat([pixel_values_videos.float(), *small])
+    all_grids = torch.tensor(grids + small_grids, device=video_grid_thw.device)
+    tokens = pre_merger_tokens(tower, pixels, all_grids)  # (sum full + sum small, d)
+    small_sizes = [t * h * w for t, h, w in small_grids]
+    parts = tokens.split(full_sizes + small_sizes)
+    out = []
+    for i, (t, h, w) in enumerate(grids):
+        high = parts[i].view(t, h * w, -1)  # (t, h*w, d)
+        low = parts[len(grids) + i].view(t, small_sizes[i] // t, -1)  # (t, h/2*w/2, d)
+        out.append(DualResFeatures(high=high, low=low, grid_hw=(h, w), pool_size=pool_size))
+    return out
