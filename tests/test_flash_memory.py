@@ -53,19 +53,41 @@ def slow_ordered_weighted_kmeans(x, k, weights, times, iters=10, tol=1e-4, seed=
     return centroids[order], masses[order], stamps[order]
 
 
-def slow_klarge_retrieve(centroids, masses, bank_low, n_dam, cosine=False):
-    """Published ``klarge_retrieve`` (§7.6): nearest bank patch (L2) of each of the n_dam heaviest centroids;
-    ``klarge_retrieve_cos`` with ``cosine=True`` (largest cosine similarity)."""
-    heavy = sorted(range(len(masses)), key=lambda j: (-float(masses[j]), j))[:n_dam]
+def slow_klarge_retrieve(centroids, masses, bank_low, n_dam, cosine=False, fidelity="paper"):
+    """DAM retrieval for the n_dam heaviest centroids, one bank patch each (``spatial_enhance``).
+
+    Heavy order: "paper" a stable descending sort (ties by cluster id); "reference" the published call
+    ``torch.argsort(masses, descending=True)``. L2: the nearest patch. Cosine: "paper" the MOST similar patch;
+    "reference" the published ``argmin`` of the similarity, i.e. the LEAST similar one. Ties: first index.
+    """
+    if fidelity == "reference":
+        heavy = torch.argsort(torch.as_tensor(masses), descending=True)[:n_dam].tolist()
+    else:
+        heavy = sorted(range(len(masses)), key=lambda j: (-float(masses[j]), j))[:n_dam]
     picked = []
     for j in heavy:
         if cosine:
             sims = [float(torch.dot(b, centroids[j]) / (b.norm() * centroids[j].norm())) for b in bank_low]
-            dists = [-s for s in sims]
+            dists = [-s for s in sims] if fidelity == "paper" else sims
         else:
             dists = [float(((bank_low[i] - centroids[j]) ** 2).sum().sqrt()) for i in range(bank_low.shape[0])]
         picked.append(min(range(len(dists)), key=lambda i: (dists[i], i)))
     return picked
+
+
+def slow_published_few_distinct_csm(low, k):
+    """Published CSM of a clip whose ``t > k`` patches hold fewer than ``k`` distinct values (offline, unit
+    weights, times 0..t-1): the distinct patches in lexicographic order (``torch.unique``), each with mass 1 and
+    the mean index of its members, sorted by that mean; then the first ``k - distinct`` patches prepended with
+    mass 1 and times 0, 1, ..."""
+    rows = [tuple(r.tolist()) for r in low.flatten(1)]
+    distinct = sorted(set(rows))
+    mean_index = {v: sum(i for i, r in enumerate(rows) if r == v) / rows.count(v) for v in distinct}
+    ordered = sorted(distinct, key=lambda v: mean_index[v])
+    pad = k - len(distinct)
+    centroids = [rows[i] for i in range(pad)] + ordered
+    times = list(range(pad)) + [mean_index[v] for v in ordered]
+    return torch.tensor(centroids).view(k, *low.shape[1:]), [1.0] * k, times
 
 
 # ---------------------------------------------------------------- tests
@@ -129,24 +151,52 @@ def test_dam_matches_slow_published_retrieval():
     torch.testing.assert_close(out.tokens[: out.segments["dam"]], clip.high[picked].flatten(0, 1))
 
 
-def test_dam_alternative_methods():
+def test_dam_nearest_method():
     clip = random_clip(20, seed=5)
     nearest = small_memory(spatial_method="nearest").compress(clip)
     heavy = torch.sort(nearest.extras["csm_weights"], descending=True, stable=True).indices[:3]
     assert nearest.extras["dam_times"].tolist() == nearest.extras["csm_timestamps"][heavy].round().long().tolist()
-    cosine = small_memory(spatial_method="klarge_retrieve_cos").compress(clip)
-    csm = cosine.tokens[cosine.segments["dam"] :].view(6, 4, D)
-    picked = slow_klarge_retrieve(csm.flatten(1), cosine.extras["csm_weights"], clip.low.flatten(1), 3, cosine=True)
-    assert cosine.extras["dam_times"].tolist() == picked
-    torch.testing.assert_close(cosine.tokens[: cosine.segments["dam"]], clip.high[picked].flatten(0, 1))
 
 
-def test_one_update_equals_compress():
-    clip = random_clip(20, seed=6)
-    memory = small_memory()
-    offline = memory.compress(clip)
-    online = memory.read(memory.update(memory.init_state(), clip))
-    assert torch.equal(offline.tokens, online.tokens) and torch.equal(offline.positions, online.positions)
+@pytest.mark.parametrize("fidelity", ["paper", "reference"])
+def test_dam_cosine_paper_takes_the_most_similar_patch_reference_the_least(fidelity):
+    clip = random_clip(20, seed=5)
+    out = small_memory(spatial_method="klarge_retrieve_cos", fidelity=fidelity).compress(clip)
+    csm = out.tokens[out.segments["dam"] :].view(6, 4, D)
+    masses = out.extras["csm_weights"]
+    picked = slow_klarge_retrieve(csm.flatten(1), masses, clip.low.flatten(1), 3, cosine=True, fidelity=fidelity)
+    assert out.extras["dam_times"].tolist() == picked
+    torch.testing.assert_close(out.tokens[: out.segments["dam"]], clip.high[picked].flatten(0, 1))
+    other = "reference" if fidelity == "paper" else "paper"
+    flipped = slow_klarge_retrieve(csm.flatten(1), masses, clip.low.flatten(1), 3, cosine=True, fidelity=other)
+    assert picked != flipped  # the switch changes what DAM retrieves
+
+
+def test_l2_dam_in_reference_mode_matches_the_published_retrieval():
+    clip = random_clip(20, seed=4)
+    out = small_memory(fidelity="reference").compress(clip)
+    csm = out.tokens[out.segments["dam"] :].view(6, 4, D)
+    picked = slow_klarge_retrieve(csm.flatten(1), out.extras["csm_weights"], clip.low.flatten(1), 3,
+                                  fidelity="reference")
+    assert out.extras["dam_times"].tolist() == picked
+
+
+def test_few_distinct_patches_reference_follows_the_published_csm():
+    gen = torch.Generator().manual_seed(7)
+    values = torch.randn(3, 4, D, generator=gen)  # three distinct half-resolution patches A, B, C
+    pattern = [0, 1, 0, 2, 1, 0, 2, 2, 1, 0]  # mean member index: A 4.0, B 4.33, C 5.33
+    clip = DualResFeatures(torch.randn(10, 16, D, generator=gen), values[pattern], GRID)
+    out = small_memory(fidelity="reference").compress(clip)  # 10 patches > N_CSM = 6 > 3 distinct
+    centroids, masses, times = slow_published_few_distinct_csm(clip.low, 6)
+    csm = out.tokens[out.segments["dam"] :].view(6, 4, D)
+    torch.testing.assert_close(csm, centroids, rtol=0, atol=0)
+    assert out.extras["csm_weights"].tolist() == masses
+    torch.testing.assert_close(out.extras["csm_timestamps"], torch.tensor(times, dtype=torch.float32))
+    assert out.extras["csm_times"].tolist() == [0, 1, 2, 4, 4, 5]  # prepended patches: out of time order
+    picked = slow_klarge_retrieve(centroids.flatten(1), masses, clip.low.flatten(1), 3, fidelity="reference")
+    assert out.extras["dam_times"].tolist() == picked
+    paper = small_memory().compress(clip)  # the ordinary weighted k-means: masses count the members
+    assert float(paper.extras["csm_weights"].sum()) == 10 and paper.segments == out.segments
 
 
 def test_streaming_carries_mass_and_time_and_bounds_the_bank():
@@ -156,8 +206,8 @@ def test_streaming_carries_mass_and_time_and_bounds_the_bank():
     for step in range(5):
         clip = random_clip(3, seed=10 + step)
         high_at.update({3 * step + i: clip.high[i] for i in range(3)})
-        state = memory.update(state, clip)
-    assert state.num_seen == 15
+        assert memory.update(state, clip) is state
+    assert state.num_seen == 15 and state.frames_seen == 30
     assert float(state.weights.sum()) == 15  # every patch counted once through the carried masses
     assert bool((state.times[1:] >= state.times[:-1]).all()) and 0 <= float(state.times.min())
     assert float(state.times.max()) <= 14
@@ -197,3 +247,5 @@ def test_config_round_trip_and_validation():
         FlashMemoryConfig(spatial_method="sample")
     with pytest.raises(ValueError, match="bank_size"):
         FlashMemoryConfig(bank_size=10)
+    with pytest.raises(ValueError, match="fidelity"):
+        FlashMemoryConfig(fidelity="published")

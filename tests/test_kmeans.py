@@ -235,7 +235,7 @@ def test_cuda_matches_cpu_and_is_deterministic():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_first_occurrences_match_torch_unique(dtype):
-    from flash_vstream.memory.kmeans import _first_occurrences
+    from flash_vstream.memory.kmeans import _first_occurrences, count_distinct_rows
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(40, 24, generator=gen).to(dtype)
@@ -245,4 +245,4 @@ def test_first_occurrences_match_torch_unique(dtype):
     _, inverse = torch.unique(x.float(), dim=0, return_inverse=True)
     expected = sorted({int(torch.nonzero(inverse == u)[0]) for u in inverse.unique().tolist()})
     assert _first_occurrences(x).tolist() == expected
-    assert len(expected) == 40 - 5
+    assert len(expected) == 40 - 5 == count_distinct_rows(x)
