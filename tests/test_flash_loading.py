@@ -135,15 +135,21 @@ def test_bad_memory_config_fails_naming_the_field(tiny_dir, tmp_path):
 
 def test_load_options(tiny_dir):
     model = load_flash_model(
-        tiny_dir, rope_mode="reference", spatial_method="nearest", bank_size="960", bank_device="cpu"
+        tiny_dir,
+        rope_mode="reference",
+        spatial_method="nearest",
+        fidelity="reference",
+        bank_size="960",
+        bank_device="cpu",
     )
     cfg = model.flash_memory.config
     assert model.config.rope_mode == "reference"
-    assert (cfg.spatial_method, cfg.bank_size, cfg.bank_device) == ("nearest", 960, "cpu")
+    assert (cfg.spatial_method, cfg.fidelity, cfg.bank_size, cfg.bank_device) == ("nearest", "reference", 960, "cpu")
     assert validate_flash_options({"bank_size": "960"}) == {"bank_size": 960}
     for options, message in (
         ({"rope_mode": "virtual"}, "rope_mode must be one of"),
         ({"spatial_method": "random"}, "spatial_method must be one of"),
+        ({"fidelity": "exact"}, "fidelity must be one of"),
         ({"bank_size": 0}, "bank_size must be a positive integer"),
         ({"bank_device": "gpu"}, "bank_device must name a device"),
         ({"retrieval": "paper"}, r"unknown Flash-family option\(s\) \['retrieval'\]; valid options are rope_mode"),

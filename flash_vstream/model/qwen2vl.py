@@ -51,6 +51,8 @@ VIDEO_TOKEN_TYPE = 2
 
 # vision_config.model_type -> the field holding the ViT width (the two towers name it differently).
 VISION_WIDTH_FIELD = {"qwen2_vl_vision": "embed_dim", "qwen2_5_vl_vision": "hidden_size"}
+# FlashSettings fields that are FlashMemoryConfig fields of the same name (the project-only memory settings).
+MEMORY_FIELDS = ("fidelity", "bank_size", "bank_device")
 # transformers' default M-RoPE split when a config gives none (Qwen2VLRotaryEmbedding).
 DEFAULT_MROPE_SECTION = (16, 24, 24)
 
@@ -76,6 +78,10 @@ class FlashSettings:
 
     decoder_trainable: bool = True
     """Whether the language model trains: token embeddings, decoder layers, final norm and ``lm_head``."""
+
+    fidelity: str = "paper"
+    """Flash Memory where the published code departs from the paper: "paper" or "reference" (the published
+    operations, to evaluate released weights as published); see :class:`FlashMemoryConfig.fidelity`."""
 
     bank_size: int = 480
     """Streaming only: most temporal patches in the DAM feature bank (:class:`FlashMemoryConfig.bank_size`)."""
@@ -108,9 +114,9 @@ class FlashVStreamQwen2_5_VLConfig(FlashSettings, Qwen2_5_VLConfig):
 def flash_memory_config(config) -> FlashMemoryConfig:
     """The validated memory settings of a Flash (or plain Qwen-VL) config; published defaults when absent."""
     published = getattr(config.vision_config, "flash_memory_config", None)
-    streaming = {name: getattr(config, name) for name in ("bank_size", "bank_device") if hasattr(config, name)}
+    project = {name: getattr(config, name) for name in MEMORY_FIELDS if hasattr(config, name)}
     return FlashMemoryConfig.from_published(
-        published, temporal_patch_size=config.vision_config.temporal_patch_size, **streaming
+        published, temporal_patch_size=config.vision_config.temporal_patch_size, **project
     )
 
 

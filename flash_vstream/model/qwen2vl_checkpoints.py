@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.errors import StrictDataclassError
 
-from flash_vstream.memory.flash import SPATIAL_METHODS
+from flash_vstream.memory.flash import FIDELITY_MODES, SPATIAL_METHODS
 from flash_vstream.model.qwen2vl import BACKBONES, ROPE_MODES, backbone_for, flash_memory_config
 
 FLASH_MODEL_TYPES = tuple(t for b in BACKBONES for t in (b.model_type, b.base_model_type))
@@ -47,6 +47,7 @@ MODULE_TO_LEGACY = {
 FLASH_OPTIONS = {
     "rope_mode": f"AM-RoPE layout, one of {ROPE_MODES}",
     "spatial_method": f"DAM selection, one of {SPATIAL_METHODS}",
+    "fidelity": f"Flash Memory where the published code departs from the paper, one of {FIDELITY_MODES}",
     "bank_size": "streaming: most temporal patches in the DAM feature bank, an integer >= N_CSM (default 480)",
     "bank_device": 'streaming: device of the full-resolution bank, e.g. "cpu" (default: with the features)',
 }
@@ -67,6 +68,8 @@ def validate_flash_options(options: dict) -> dict:
         raise ValueError(f"rope_mode must be one of {ROPE_MODES}, got {options['rope_mode']!r}")
     if "spatial_method" in options and options["spatial_method"] not in SPATIAL_METHODS:
         raise ValueError(f"spatial_method must be one of {SPATIAL_METHODS}, got {options['spatial_method']!r}")
+    if "fidelity" in options and options["fidelity"] not in FIDELITY_MODES:
+        raise ValueError(f"fidelity must be one of {FIDELITY_MODES}, got {options['fidelity']!r}")
     if "bank_size" in options:
         size = options["bank_size"]
         if isinstance(size, str) and size.strip().isdigit():  # from the command line (--option bank_size=960)
