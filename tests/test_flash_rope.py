@@ -16,7 +16,7 @@ def layout(dam_times=(5, 2, 9), csm_times=(0, 1, 4, 8, 11), dam_grid=(2, 3), csm
 
 
 def slow_ids(lay: MemoryLayout, start: int, shift_csm: int = 0) -> list[tuple[int, int, int]]:
-    """Token-by-token statement of §7.8: DAM (t=true index, h, w) then CSM (t=rounded stamp, h, w) + offsets."""
+    """Token-by-token statement of AM-RoPE: DAM (t=true index, h, w) then CSM (t=rounded stamp, h, w) + offsets."""
     ids = []
     for t in lay.dam_times.tolist():
         for h in range(lay.dam_grid[0]):
