@@ -26,11 +26,15 @@ import numpy as np
 import torch
 from benchlib import environment, peak_gib, report, spread, sync, time_calls, time_repeats
 from transformers import DynamicCache, Qwen2VLVisionConfig
-from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLTextConfig, Qwen2VLTextModel
+from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+    Qwen2VisionTransformerPretrainedModel,
+    Qwen2VLTextConfig,
+    Qwen2VLTextModel,
+)
 
 from flash_vstream.memory.flash import FlashMemory, FlashMemoryConfig
 from flash_vstream.vision.features import DualResFeatures
-from flash_vstream.vision.qwen2vl import FlashFrameProcessor, FlashVisionTower
+from flash_vstream.vision.qwen2vl import FlashFrameProcessor, encode_dual_resolution
 
 QWEN2VL_7B_VISION = dict(
     depth=32, embed_dim=1280, hidden_size=3584, mlp_ratio=4, num_heads=16, patch_size=14, temporal_patch_size=2
@@ -67,7 +71,7 @@ def fresh_patches(tower, device, count: int, seed: int, chunk: int = 60) -> list
     for start in range(0, count, chunk):
         size = min(chunk, count - start)
         pixels, grid = processor(random_video(2 * size, 448, 448, seed + start))
-        (clip,) = tower.forward_dual_resolution(pixels.to(device), grid.to(device))
+        (clip,) = encode_dual_resolution(tower, pixels.to(device), grid.to(device))
         patches += [
             DualResFeatures(clip.high[i : i + 1], clip.low[i : i + 1], clip.grid_hw, clip.pool_size)
             for i in range(size)
@@ -82,8 +86,8 @@ def offline(tower, memory, device, height: int, width: int, frames: int, repeats
     prep = time_repeats(lambda: processor(video), 3, torch.device("cpu"), warmup=0)
     pixels, grid = processor(video)
     pixels, grid = pixels.to(device), grid.to(device)
-    vit = time_repeats(lambda: tower.forward_dual_resolution(pixels, grid), repeats, device, warmup=1)
-    (clip,) = tower.forward_dual_resolution(pixels, grid)
+    vit = time_repeats(lambda: encode_dual_resolution(tower, pixels, grid), repeats, device, warmup=1)
+    (clip,) = encode_dual_resolution(tower, pixels, grid)
     compress = time_repeats(lambda: memory.compress(clip), repeats, device)
     tokens = memory.compress(clip).tokens
     merge = time_repeats(lambda: tower.merger(tokens), repeats, device)
@@ -120,7 +124,8 @@ def streaming(tower, memory, device, checkpoints: list[int], repeats: int) -> li
                 "patches_seen": target,
                 "update_ms_fresh_patches": spread(update),
                 "read_ms": spread(read),
-                "bank_entries": len(state.bank_high),
+                "bank_entries": state.bank_entries,
+                "device_state_bytes": state.device_nbytes(),
             }
         )
     return rows
@@ -185,7 +190,7 @@ def main() -> None:
         vision, text, checkpoints, prompts = QWEN2VL_7B_VISION, QWEN2VL_7B_TEXT, [60, 120, 240], [11600, 10880, 2640]
     torch.manual_seed(0)
     with torch.device(device):
-        tower = FlashVisionTower(Qwen2VLVisionConfig(**vision)).to(dtype).eval()
+        tower = Qwen2VisionTransformerPretrainedModel(Qwen2VLVisionConfig(**vision)).to(dtype).eval()
     memory = FlashMemory(FlashMemoryConfig(bank_size=120, bank_device="cpu"))
     results = {"environment": environment(device), "dtype": str(dtype)}
     with torch.inference_mode():

@@ -98,8 +98,8 @@ def bench_streaming(model, device, dtype, checkpoints: list[int], repeats: int) 
                 "update_ms_fresh_frames": spread(fresh_times),
                 "update_ms_one_frame_repeated": spread(repeated_times),
                 "read_ms": spread(read_times),
-                "device_state_bytes": sum(t.numel() * t.element_size() for t in state.device_tensors()),
-                "bank_frames": state.bank.size,
+                "device_state_bytes": state.device_nbytes(),
+                "bank_frames": state.bank_entries,
             }
         )
     return rows
