@@ -126,7 +126,7 @@ def run_ask(args: argparse.Namespace) -> int:
         args.question,
         video=args.video or args.image,
         max_new_tokens=args.max_new_tokens,
-        progress=not args.no_progress,
+        progress=not args.no_progress and sys.stderr.isatty(),  # no bar in logs and pipes
     )
     done = time.perf_counter()
     if args.json:
