@@ -59,7 +59,7 @@ class Family:
         name: short name used by presets (``family: star``) and messages.
         description: one line for ``--help`` and errors.
         model_types: checkpoint ``config.json`` ``model_type`` values this family loads.
-        config_class: ``"module:Class"`` of the family's own Hugging Face config.
+        config_classes: ``"module:Class"`` of each of the family's own Hugging Face configs.
         load_model: ``"module:function"`` with the signature ``(path, *, dtype, device, **options) -> model``;
             it validates ``options`` itself (through ``validate_options``) and returns only the model.
         input_builder: ``"module:Class"`` whose ``for_model(model, tokenizer)`` returns the callable that turns
@@ -74,7 +74,7 @@ class Family:
     name: str
     description: str
     model_types: tuple[str, ...]
-    config_class: str
+    config_classes: tuple[str, ...]
     load_model: str
     input_builder: str
     validate_options: str
@@ -84,8 +84,11 @@ class Family:
 
     def resolve(self, attribute: str) -> Any:
         """Import and return the object a ``"module:attribute"`` field names (``attribute`` is the field name)."""
-        module_name, _, name = getattr(self, attribute).partition(":")
-        return getattr(importlib.import_module(module_name), name)
+        return _import(getattr(self, attribute))
+
+    def configs(self) -> list[type]:
+        """The family's config classes, imported."""
+        return [_import(target) for target in self.config_classes]
 
     def check_options(self, options: dict, where: str = "options") -> dict:
         """Validate ``options`` against the family's schema without loading a model.
@@ -97,6 +100,11 @@ class Family:
             return self.resolve("validate_options")(dict(options))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: {err}") from err
+
+
+def _import(target: str) -> Any:
+    module_name, _, name = target.partition(":")
+    return getattr(importlib.import_module(module_name), name)
 
 
 _REGISTRY: dict[str, Family] = {}
@@ -131,7 +139,7 @@ def _builtin_families() -> None:
             description="Flash-VStream STAR memory (2024): CLIP ViT-L/14 + spatial/temporal/abstract/retrieved "
             "memory + any causal LM",
             model_types=("vstream", "flash_vstream"),
-            config_class="flash_vstream.config:FlashVStreamConfig",
+            config_classes=("flash_vstream.config:FlashVStreamConfig",),
             load_model="flash_vstream.model.checkpoints:load_star_model",
             input_builder="flash_vstream.inference.star_inputs:StarInputBuilder",
             validate_options="flash_vstream.model.checkpoints:validate_star_options",
@@ -151,7 +159,10 @@ def _builtin_families() -> None:
                 "qwen2_vl",
                 "qwen2_5_vl",
             ),
-            config_class="flash_vstream.model.qwen2vl:FlashVStreamQwen2VLConfig",
+            config_classes=(
+                "flash_vstream.model.qwen2vl:FlashVStreamQwen2VLConfig",
+                "flash_vstream.model.qwen2vl:FlashVStreamQwen2_5_VLConfig",
+            ),
             load_model="flash_vstream.model.qwen2vl_checkpoints:load_flash_model",
             input_builder="flash_vstream.inference.qwen2vl_inputs:FlashInputBuilder",
             validate_options="flash_vstream.model.qwen2vl_checkpoints:validate_flash_options",

@@ -1,7 +1,8 @@
-"""Registration of the STAR family with transformers' Auto classes.
+"""Registration of the families with transformers' Auto classes.
 
-After ``import flash_vstream``, ``AutoModelForCausalLM.from_pretrained(dir)`` loads both the project's own STAR
-checkpoints and released Flash-VStream-7b directories.
+After ``flash_vstream.register_auto_classes()`` (``load_model`` calls it), ``AutoModelForCausalLM.from_pretrained(dir)``
+loads both the project's own STAR checkpoints and released Flash-VStream-7b directories, and
+``AutoModelForImageTextToText.from_pretrained(dir)`` loads the project's own Flash checkpoints.
 
 Registration is the public transformers API (``AutoConfig.register`` / ``AutoModelForCausalLM.register``), not a
 patch; it is idempotent.
@@ -44,9 +45,19 @@ class ReleasedFlashVStreamLoader:
 
 
 def register_auto_classes() -> None:
+    """Register every family's configs and models with transformers' Auto classes (idempotent).
+
+    STAR: ``AutoModelForCausalLM``; Flash on Qwen2-VL / Qwen2.5-VL: ``AutoModelForImageTextToText``.
+    """
+    from transformers import AutoModelForImageTextToText
+
     from flash_vstream.model.modeling import FlashVStreamForCausalLM
+    from flash_vstream.model.qwen2vl import BACKBONES
 
     AutoConfig.register("flash_vstream", FlashVStreamConfig, exist_ok=True)
     AutoConfig.register("vstream", VStreamLegacyConfig, exist_ok=True)
     AutoModelForCausalLM.register(FlashVStreamConfig, FlashVStreamForCausalLM, exist_ok=True)
     AutoModelForCausalLM.register(VStreamLegacyConfig, ReleasedFlashVStreamLoader, exist_ok=True)
+    for backbone in BACKBONES:
+        AutoConfig.register(backbone.model_type, backbone.config_class, exist_ok=True)
+        AutoModelForImageTextToText.register(backbone.config_class, backbone.model_class, exist_ok=True)
