@@ -5,6 +5,7 @@ Subcommands:
 - ``ask --model M (--video V | --image I) "question" [--json]``: answer a question about a video or an image;
 - ``make-tiny --variant VARIANT --out DIR [--force]``: write a tiny random checkpoint (variants come from the
   family registry);
+- ``data check --data FILE|MIXTURE.yaml --media-root DIR``: check training data (``flash_vstream.train``);
 - further commands (``eval``) are contributed by installed packages through the ``flash_vstream.commands``
   entry-point group; each entry point is ``register(subparsers)``.
 
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_ask(sub)
     _add_make_tiny(sub)
+    from flash_vstream.train.commands import add_data_commands
+
+    add_data_commands(sub)
     for entry in entry_points(group="flash_vstream.commands"):
         entry.load()(sub)
     return parser
