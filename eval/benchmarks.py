@@ -2,6 +2,8 @@
 
 A spec names the benchmark family (which selects the profile's prompt/extraction/aggregation `Rules`), the
 loader, and the two switches that vary within a family: Video-MME with subtitles, and open-ended judging.
+`Benchmark.load_items` is what the runner and the scorer call: the valid questions plus the malformed records
+that were skipped (or, with ``strict``, an error naming the first).
 """
 
 from __future__ import annotations
@@ -11,15 +13,23 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from flash_vstream_eval.items import Item
+from flash_vstream_eval.items import Item, MalformedRecord, RecordLog
 from flash_vstream_eval.loaders_long import load_egoschema, load_lvbench, load_mlvu
 from flash_vstream_eval.loaders_mvbench import load_mvbench
 from flash_vstream_eval.loaders_videomme import load_videomme
 from flash_vstream_eval.loaders_vstream import load_vstream
 
-__all__ = ["BENCHMARKS", "Benchmark", "get_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "LoadedItems", "get_benchmark"]
 
-Loader = Callable[[Path, "str | None"], list[Item]]
+Loader = Callable[[Path, "str | None", "RecordLog | None"], list[Item]]
+
+
+@dataclass(frozen=True)
+class LoadedItems:
+    """A benchmark's questions as loaded: the valid ones, and the records skipped as malformed."""
+
+    items: list[Item]
+    malformed: list[MalformedRecord]
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,7 @@ class Benchmark:
     family: str
     """Which profile rules apply: egoschema, mlvu, lvbench, mvbench, videomme or vstream."""
     load: Loader
-    """``load(data_root, annotations_or_None) -> items``."""
+    """``load(data_root, annotations_or_None, record_log_or_None) -> items``; no log: the first bad record raises."""
     description: str
     with_subtitles: bool = False
     """Video-MME "w/ subs": subtitle lines at the sampled frames go into the prompt."""
@@ -40,9 +50,21 @@ class Benchmark:
     submission: bool = False
     """Write a submission file for items whose labels are hidden (EgoSchema full set)."""
 
+    def load_items(self, root: str | Path, source: str | None = None, *, strict: bool = False) -> LoadedItems:
+        """Load the questions, skipping malformed records (each kept with its file, line and reason).
+
+        Args:
+            root: The data root.
+            source: Annotation file, folder or dataset id instead of auto-detection.
+            strict: Raise `items.AnnotationError` at the first malformed record instead.
+        """
+        log = RecordLog(strict=strict)
+        items = self.load(Path(root), source, log)
+        return LoadedItems(items, list(log.malformed))
+
 
 def _vstream(name: str) -> Loader:
-    return lambda root, source=None: load_vstream(root, name, source)
+    return lambda root, source=None, log=None: load_vstream(root, name, source, log)
 
 
 BENCHMARKS: dict[str, Benchmark] = {

@@ -3,9 +3,14 @@
 Plugged into the main CLI through the ``flash_vstream.commands`` entry point (``register``)::
 
     flash-vstream eval run --benchmark mvbench --model M --data DATA_ROOT/MVBench --out runs/mvbench
+    flash-vstream eval run --benchmark videomme --model M --option rope_mode=reference --dtype bfloat16 ...
     flash-vstream eval score --benchmark videomme --annotations DATA_ROOT/Video-MME --predictions p.jsonl
 
-The judge's API key is read only from the environment (``FLASH_VSTREAM_JUDGE_API_KEY`` or ``OPENAI_API_KEY``).
+``run`` takes the same model flags as ``flash-vstream ask`` (``--device``, ``--dtype``, ``--option KEY=VALUE``,
+``--config PRESET.yaml``) plus ``--max-new-tokens``. Both commands print one summary line (accuracy next to the
+skipped and missing counts) and a warning per broken video and per malformed annotation record; bad input is one
+``error:`` line on stderr and exit code 2. The judge's API key is read only from the environment
+(``FLASH_VSTREAM_JUDGE_API_KEY`` or ``OPENAI_API_KEY``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from flash_vstream_eval.benchmarks import BENCHMARKS, get_benchmark
-from flash_vstream_eval.items import AnnotationError
 from flash_vstream_eval.profiles import PROFILES
 
 __all__ = ["register"]
@@ -43,6 +47,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         choices=sorted(PROFILES),
         help="prompt and scoring rules (default: flash-vstream)",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first malformed annotation record (default: skip it, count it and report it)",
+    )
     judge = parser.add_argument_group("open-ended judge (VStream-QA; key from the environment only)")
     judge.add_argument("--judge-base-url", default=None, help="OpenAI-compatible endpoint")
     judge.add_argument("--judge-model", default=None, help="judge model name")
@@ -51,6 +60,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``eval`` command (``run``, ``score``) to a main CLI's subparsers."""
+    from flash_vstream.cli import add_model_arguments
+
     parser = subparsers.add_parser("eval", help="evaluate on video QA benchmarks or score predictions")
     commands = parser.add_subparsers(dest="eval_command", required=True)
 
@@ -59,8 +70,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     run.add_argument(
         "--model", required=True, help="model name or checkpoint path for flash_vstream.load_model"
     )
+    add_model_arguments(run)
+    run.add_argument(
+        "--max-new-tokens", type=_positive_int, default=None, help="generation budget (default: the profile's, 16)"
+    )
     run.add_argument("--data", required=True, type=Path, help="benchmark data root (annotations + media)")
-    run.add_argument("--out", required=True, type=Path, help="run folder; reuse it to resume")
+    run.add_argument("--out", required=True, type=Path, help="run folder; reuse it (same flags) to resume")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in --out: its old predictions and results move to --out/overwritten-<time>/",
+    )
     run.add_argument("--limit", type=_positive_int, default=None, help="only the first N questions")
     run.add_argument(
         "--annotations",
@@ -75,6 +95,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     score.add_argument("--annotations", required=True, help="annotation file or folder")
     score.add_argument("--predictions", required=True, type=Path, help="predictions JSONL")
     score.add_argument("--out", type=Path, default=None, help="also write results.json/results.md here")
+    score.add_argument("--json", action="store_true", help="print the whole results JSON instead of the summary")
     score.set_defaults(func=_score_command)
     return parser
 
@@ -90,52 +111,86 @@ def _judge(args: argparse.Namespace, required: bool):
     return judge_from_args(base_url=args.judge_base_url, model=args.judge_model, cache_path=args.judge_cache)
 
 
-def _summary(results: dict[str, Any]) -> str:
-    metrics = ", ".join(f"{k} {v}" for k, v in (results.get("metrics") or {}).items())
-    return f"{results['benchmark']} [{results['profile']}]: {metrics or results.get('note', '')}"
+def _report(results: dict[str, Any]) -> None:
+    from flash_vstream_eval.report import summary_line, warning_lines
+
+    for line in warning_lines(results):
+        print(line, file=sys.stderr)
+    print(summary_line(results))
+
+
+def _guarded(command) -> Any:
+    """Run ``command()``; bad input (files, flags, annotations, an unreachable judge) is one line and exit 2."""
+    from flash_vstream_eval.judge import JudgeError
+
+    try:
+        return command()
+    except (FileNotFoundError, ValueError, JudgeError) as err:  # AnnotationError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from flash_vstream_eval.runner import run_benchmark
+    def run() -> int:
+        from flash_vstream.cli import model_options
+        from flash_vstream.distributed import cleanup_distributed, init_distributed
+        from flash_vstream_eval.model_api import ModelSpec
+        from flash_vstream_eval.runner import run_benchmark
 
-    try:
-        results = run_benchmark(
-            args.benchmark,
-            args.model,
-            args.data,
-            args.out,
-            args.profile,
-            args.limit,
-            annotations=args.annotations,
-            judge=_judge(args, required=False),
-            progress=not args.no_progress,
-        )
-    except (AnnotationError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if results is not None:
-        print(_summary(results))
+        family, options = model_options(args)
+        model = ModelSpec(args.model, device=args.device, dtype=args.dtype, family=family, options=options)
+        judge = _judge(args, required=False)
+        dist = init_distributed()
+        try:
+            results = run_benchmark(
+                args.benchmark,
+                model,
+                args.data,
+                args.out,
+                args.profile,
+                args.limit,
+                annotations=args.annotations,
+                judge=judge,
+                progress=not args.no_progress,
+                max_new_tokens=args.max_new_tokens,
+                overwrite=args.overwrite,
+                strict=args.strict,
+                dist=dist,
+            )
+        finally:
+            cleanup_distributed()
+        if results is None:
+            print(f"rank {dist.rank}: shard done; the last rank to finish merges and scores", file=sys.stderr)
+            return 0
+        _report(results)
         print(f"results: {args.out / 'results.json'}")
-    return 0
+        return 0
+
+    return _guarded(run)
 
 
 def _score_command(args: argparse.Namespace) -> int:
-    from flash_vstream_eval.report import write_results
-    from flash_vstream_eval.scoring import score_predictions
+    def score() -> int:
+        from flash_vstream_eval.report import write_results
+        from flash_vstream_eval.scoring import score_predictions
 
-    try:
         results = score_predictions(
             args.benchmark,
             args.annotations,
             args.predictions,
             args.profile,
             judge=_judge(args, required=True),
+            strict=args.strict,
         )
-    except (AnnotationError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_results(args.out, results)
-    print(json.dumps(results, indent=2, ensure_ascii=False))
-    return 0
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_results(args.out, results)
+        if args.json:
+            print(json.dumps(results, indent=2, ensure_ascii=False))
+        else:
+            _report(results)
+            if args.out is not None:
+                print(f"results: {args.out / 'results.json'}")
+        return 0
+
+    return _guarded(score)

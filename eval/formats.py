@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flash_vstream_eval.items import LETTERS, AnnotationError, Item, find_media, require
+from flash_vstream_eval.items import LETTERS, AnnotationError, Item, RecordLog, find_media, require, strict_log
 
 __all__ = [
     "check_unique_ids",
@@ -77,16 +77,29 @@ def letter_to_index(answer: Any, num_options: int, where: str) -> int:
     return index
 
 
-def check_unique_ids(items: Sequence[Item], source: Path | str) -> list[Item]:
-    """Return ``items`` unchanged after checking that no id repeats (predictions are keyed by id)."""
+def check_unique_ids(items: Sequence[Item], source: Path | str, log: RecordLog | None = None) -> list[Item]:
+    """``items`` without repeated ids (predictions are keyed by id): a repeat is a malformed record.
+
+    Raises:
+        AnnotationError: For a repeated id when the log is strict (or absent), and when no valid question is
+        left (the message counts the malformed ones).
+    """
+    log = strict_log(log)
     seen: set[str] = set()
+    unique = []
     for item in items:
         if item.id in seen:
-            raise AnnotationError(f"{source}: item id {item.id!r} appears twice; ids must be unique.")
+            log.add(str(source), f"item id {item.id!r} appears twice; ids must be unique (the repeat is skipped).")
+            continue
         seen.add(item.id)
-    if not items:
-        raise AnnotationError(f"{source}: no questions found; check the file and the --benchmark choice.")
-    return list(items)
+        unique.append(item)
+    if not unique:
+        bad = log.malformed
+        detail = f" ({len(bad)} malformed record(s), first: {bad[0].where}: {bad[0].reason})" if bad else ""
+        raise AnnotationError(
+            f"{source}: no valid questions found{detail}; check the file and the --benchmark choice."
+        )
+    return unique
 
 
 def flash_media_candidates(video_id: str) -> list[str]:
@@ -122,7 +135,7 @@ def flash_item(
     answer = record["answer"]
     if isinstance(answer, int) and not isinstance(answer, bool):
         stem, options = split_options(record["question"])
-        if len(options) < 2:
+        if not options:
             raise AnnotationError(f"{where}: could not find the '(A) ...' option lines in the question.")
         index = letter_to_index(answer, len(options), where)
         return Item(

@@ -2,9 +2,10 @@
 
 Every loader turns its benchmark's annotation files into a list of `Item`s; everything after loading (frame
 sampling, prompts, scoring) reads only `Item` fields. This module also holds the pieces all loaders share:
-reading JSON / JSONL / parquet records with errors that name the file and the record, resolving Hugging Face
-dataset ids (`lmms-lab/<x>`, `lmms-eval/<x>`) to a local directory without ever downloading, and keeping every
-media path inside the data root.
+reading JSON / JSONL / parquet records with errors that name the file and the line, collecting malformed records
+(`RecordLog`: skipped and counted, or raised at once when strict), resolving Hugging Face dataset ids
+(`lmms-lab/<x>`, `lmms-eval/<x>`) to a local directory without ever downloading, and keeping every media path
+inside the data root.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ __all__ = [
     "AnnotationError",
     "Item",
     "LETTERS",
+    "MalformedRecord",
+    "RecordLog",
     "find_media",
     "hf_cache_dir",
     "read_records",
@@ -73,6 +77,18 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)
     """Source fields kept for submission files (e.g. EgoSchema ``q_uid``, Video-MME ``question_id``)."""
 
+    def __post_init__(self) -> None:
+        if self.options is None:
+            return
+        if not 1 <= len(self.options) <= len(LETTERS):
+            raise AnnotationError(
+                f"{len(self.options)} options; a multiple-choice question has 1 to {len(LETTERS)} "
+                f"(letters {LETTERS[0]}-{LETTERS[-1]})."
+            )
+        valid = isinstance(self.answer, int) and not isinstance(self.answer, bool)
+        if self.answer is not None and not (valid and 0 <= self.answer < len(self.options)):
+            raise AnnotationError(f"answer {self.answer!r} is not an option index for {len(self.options)} options.")
+
     @property
     def is_multiple_choice(self) -> bool:
         return self.options is not None
@@ -103,14 +119,84 @@ def require(record: Any, keys: Sequence[str], where: str) -> None:
         )
 
 
-def read_records(path: Path) -> Iterator[tuple[str, dict]]:
+_ID_KEYS = ("id", "uid", "question_id", "q_uid", "video_idx")
+
+
+@dataclass(frozen=True)
+class MalformedRecord:
+    """An annotation record that could not become an `Item`: where it is, why, and its id when it has one."""
+
+    where: str
+    """File and line (or parquet row), e.g. ``"json/plotQA.json line 12 (record 3)"``."""
+    reason: str
+    """What is wrong with it, without the location."""
+    id: str | None = None
+    """The id the record would have had (predictions for it are then recognised, not "unknown")."""
+
+
+class RecordLog:
+    """Collects malformed records while loading; with ``strict`` the first one raises instead.
+
+    >>> log = RecordLog()
+    >>> with log.guard("a.json line 3", {"id": 7}):
+    ...     raise AnnotationError("a.json line 3: missing field(s) ['answer']")
+    >>> log.malformed
+    [MalformedRecord(where='a.json line 3', reason="missing field(s) ['answer']", id='7')]
+    """
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.malformed: list[MalformedRecord] = []
+
+    def add(self, where: str, reason: str, item_id: str | None = None) -> None:
+        """Record one malformed record, or raise `AnnotationError` naming it when strict."""
+        if self.strict:
+            raise AnnotationError(f"{where}: {reason}")
+        self.malformed.append(MalformedRecord(where, reason, item_id))
+
+    @contextmanager
+    def guard(self, where: str, record: Any = None, item_id: Any = None) -> Iterator[None]:
+        """Run the block that turns one record into items; an `AnnotationError` in it marks the record malformed.
+
+        Args:
+            where: The record's file and line.
+            record: The raw record, to find its id in.
+            item_id: Its id when the loader computes ids (e.g. from the record's position).
+        """
+        try:
+            yield
+        except AnnotationError as err:
+            message = str(err)
+            if self.strict:  # the same message either way, always with the location
+                if message.startswith(where):
+                    raise
+                raise AnnotationError(f"{where}: {message}") from None
+            reason = message
+            for prefix in (f"{where}: ", f"{where} "):
+                reason = reason.removeprefix(prefix)
+            if item_id is None and isinstance(record, dict):
+                item_id = next((record[key] for key in _ID_KEYS if record.get(key) is not None), None)
+            self.malformed.append(MalformedRecord(where, reason, None if item_id is None else str(item_id)))
+
+
+def strict_log(log: RecordLog | None) -> RecordLog:
+    """``log`` itself, or a strict one when none is given (direct loader calls raise at the first bad record)."""
+    return log if log is not None else RecordLog(strict=True)
+
+
+def read_records(path: Path, log: RecordLog | None = None) -> Iterator[tuple[str, dict]]:
     """Yield ``(where, record)`` from a ``.json`` list, a ``.jsonl`` file or a ``.parquet`` file.
 
-    ``where`` names the file and the record ("file.jsonl line 7", "file.json record 3") for error messages.
+    ``where`` names the file and the line ("file.jsonl line 7", "file.json line 12 (record 3)", "file.parquet
+    row 4") for error messages.
+
+    Args:
+        path: The annotation file.
+        log: Where a JSONL line that is not valid JSON goes (skipped); without one it raises.
 
     Raises:
-        AnnotationError: If the file is missing, is not valid JSON (with the line), or is not a list of
-        objects.
+        AnnotationError: If the file is missing, a JSON list file is not valid JSON (with the line), or it is
+        not a list.
     """
     path = Path(path)
     if not path.is_file():
@@ -121,7 +207,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
     if suffix == ".parquet":
         yield from _read_parquet(path)
     elif suffix == ".jsonl":
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, strict_log(log))
     else:
         yield from _read_json_list(path)
 
@@ -129,7 +215,7 @@ def read_records(path: Path) -> Iterator[tuple[str, dict]]:
 def read_json(path: Path) -> Any:
     """Parse a JSON file, raising `AnnotationError` with the file, line and column on a syntax error."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise AnnotationError(f"annotation file {path} does not exist; check the data root.") from None
     except json.JSONDecodeError as err:
@@ -139,22 +225,33 @@ def read_json(path: Path) -> Any:
 
 
 def _read_json_list(path: Path) -> Iterator[tuple[str, dict]]:
-    data = read_json(path)
+    data = read_json(path)  # the whole file parses (or the error names its line) before any record is used
     if not isinstance(data, list):
         raise AnnotationError(f"{path}: expected a JSON list of records, got {type(data).__name__}.")
-    for index, record in enumerate(data):
-        yield f"{path} record {index}", record
+    # Walk the list again with raw_decode to learn the line each record starts on.
+    text = Path(path).read_text(encoding="utf-8-sig")
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    line, counted = 1, 0
+    for index in range(len(data)):
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line, counted = line + text.count("\n", counted, pos), pos
+        record, pos = decoder.raw_decode(text, pos)
+        yield f"{path} line {line} (record {index})", record
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as handle:
+def _read_jsonl(path: Path, log: RecordLog) -> Iterator[tuple[str, dict]]:
+    with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                yield f"{path} line {line_number}", json.loads(line)
+                record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise AnnotationError(f"{path} line {line_number}: invalid JSON ({err.msg}).") from None
+                log.add(f"{path} line {line_number}", f"invalid JSON ({err.msg}).")
+                continue
+            yield f"{path} line {line_number}", record
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
@@ -234,7 +331,9 @@ def resolve_dataset_dir(source: str, root: Path) -> Path:
     path = Path(source)
     if path.is_absolute() or path.exists():
         if not path.exists():
-            raise AnnotationError(f"annotation source {source} does not exist.")
+            raise AnnotationError(
+                f"annotations {source} do not exist; pass an existing file or folder as --annotations."
+            )
         return path
     if (Path(root) / source).exists():
         return Path(root) / source

@@ -2,8 +2,8 @@
 
 VStream-QA (and ActivityNet-QA, MSVD-QA, ...) are open-ended: a language model compares each predicted answer
 with the reference answer and replies with a verdict, ``{'pred': 'yes'|'no', 'score': 0..5}``. The published
-Flash-VStream evaluation used ``gpt-3.5-turbo`` for this (``reference/flash-vstream.md`` §5); the metrics are
-*accuracy* (the fraction of "yes") and *score* (the mean score).
+Flash-VStream evaluation used ``gpt-3.5-turbo`` for this (its ``eval_activitynet_qa.py`` scripts, from
+Video-ChatGPT); the metrics are *accuracy* (the fraction of "yes") and *score* (the mean score).
 
 What is here:
 
@@ -98,12 +98,18 @@ class JudgeError(RuntimeError):
     """A judge call failed for good (after any retries); the message says why and what to do."""
 
 
+class JudgeUnreachableError(JudgeError):
+    """The endpoint could not be reached at all (connection refused, DNS failure, timeout) after the retries."""
+
+
 class _Retryable(Exception):
     """Internal: a failure worth another attempt, with an optional server-requested delay in seconds."""
 
-    def __init__(self, reason: str, delay: float | None = None) -> None:
+    def __init__(self, reason: str, delay: float | None = None, *, connection: bool = False) -> None:
         super().__init__(reason)
         self.delay = delay
+        self.connection = connection
+        """True when no HTTP exchange happened at all (the server is unreachable)."""
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -327,22 +333,30 @@ class OpenAIJudge:
 
     def _judge_with_retries(self, messages: list[dict], item_id: Any, question: str) -> Verdict:
         item = f"item {item_id!r}" if item_id is not None else f"question {question[:80]!r}"
-        last = "no attempt made"
+        last, unreachable = "no attempt made", False
         for attempt in range(self.max_retries + 1):
             try:
                 return parse_verdict(self._post(messages))
             except _Retryable as err:
-                last, delay = str(err), err.delay
+                last, delay, unreachable = str(err), err.delay, err.connection
             except ValueError as err:  # unparseable reply: ask again
-                last, delay = f"unparseable judge reply: {err}", None
+                last, delay, unreachable = f"unparseable judge reply: {err}", None, False
             if attempt == self.max_retries:
                 break
             wait = min(self.max_delay, delay if delay is not None else self.backoff * 2**attempt)
-            logger.warning("judge %s: %s; retry %d/%d in %.2fs", item, last, attempt + 1, self.max_retries,
-                           wait)
+            # An unreachable server either comes back or ends in one clear error: keep the console quiet meanwhile;
+            # throttling and server errors are worth seeing while the run waits.
+            level = logging.INFO if unreachable else logging.WARNING
+            logger.log(level, "judge %s: %s; retry %d/%d in %.2fs", item, last, attempt + 1, self.max_retries, wait)
             self._sleep(wait)
+        attempts = self.max_retries + 1
+        if unreachable:
+            raise JudgeUnreachableError(
+                f"cannot reach the judge at {self.base_url} ({last.removeprefix('connection error: ')}) after "
+                f"{attempts} attempts; check --judge-base-url / FLASH_VSTREAM_JUDGE_BASE_URL and that the server is up"
+            )
         raise JudgeError(
-            f"judge gave up on {item} after {self.max_retries + 1} attempts at {self.base_url}: {last}. "
+            f"judge gave up on {item} after {attempts} attempts at {self.base_url}: {last}. "
             "Check the endpoint and model, or raise max_retries/backoff."
         )
 
@@ -363,7 +377,7 @@ class OpenAIJudge:
             self._raise_for_status(err)
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
             reason = getattr(err, "reason", err)
-            raise _Retryable(f"connection error: {self._redact(str(reason))}") from None
+            raise _Retryable(f"connection error: {self._redact(str(reason))}", connection=True) from None
         return self._reply_text(payload)
 
     def _raise_for_status(self, err: urllib.error.HTTPError) -> None:

@@ -1,8 +1,20 @@
 """Loaders for the long-video multiple-choice benchmarks: EgoSchema, MLVU (dev) and LVBench.
 
 Each loader accepts the benchmark's official files, the Hugging Face layouts lmms-eval reads (parquet or JSON
-records) and Flash-VStream's ``test_qa.json``; the layout is recognised per record from its fields. Formats
-are described in ``reference/benchmarks-and-ecosystem.md`` §1.1-1.3 and in ``docs/eval.md``.
+records) and Flash-VStream's ``test_qa.json``; the layout is recognised per record from its fields (the files and
+fields of each layout are listed in ``docs/eval.md``):
+
+- EgoSchema: official ``questions.json`` (``q_uid``, ``question``, ``option 0``..``option 4``) with the labels
+  of the 500-question subset in ``subset_answers.json``; lmms-eval parquet (``video_idx``, ``question``,
+  ``option`` as ``"A. text"`` strings, ``answer`` a digit string, empty when hidden).
+- MLVU dev: official ``json/<n>_<task>.json`` (``video``, ``question``, ``candidates``, ``answer`` as text);
+  ``sy1998/MLVU_dev`` rows (``video_name``, ``question`` with the options written in, ``candidates``,
+  ``answer`` a letter, ``task_type``).
+- LVBench: official ``video_info.meta.jsonl``, one line per video (``key``, ``type``, ``qa``: ``uid``,
+  ``question`` with ``(A) ...`` lines, ``answer`` letter, ``question_type`` list); lmms-eval rows (one per
+  question, ``video_path``).
+
+A malformed record is handed to the `RecordLog` (skipped and counted, or raised when strict).
 """
 
 from __future__ import annotations
@@ -18,7 +30,16 @@ from flash_vstream_eval.formats import (
     split_options,
     strip_letter,
 )
-from flash_vstream_eval.items import AnnotationError, Item, find_media, read_json, read_records, require
+from flash_vstream_eval.items import (
+    AnnotationError,
+    Item,
+    RecordLog,
+    find_media,
+    read_json,
+    read_records,
+    require,
+    strict_log,
+)
 
 __all__ = ["load_egoschema", "load_lvbench", "load_mlvu"]
 
@@ -66,22 +87,26 @@ def _egoschema_item(record: dict, where: str, root: Path, answers: dict) -> Item
     )
 
 
-def load_egoschema(root: Path, source: str | None = None, *, subset_only: bool = False) -> list[Item]:
+def load_egoschema(
+    root: Path, source: str | None = None, log: RecordLog | None = None, *, subset_only: bool = False
+) -> list[Item]:
     """Load EgoSchema questions (500 labelled ones when ``subset_only``; otherwise every question found).
 
     Items without a label (the hidden full set) have ``answer=None``: they are not scored but go into the
-    submission file.
+    submission file. Malformed records go to ``log`` (without one, the first raises).
     """
+    log = strict_log(log)
     files = annotation_files(root, source, EGOSCHEMA_SUBSET if subset_only else EGOSCHEMA_FULL, "EgoSchema")
     items: list[Item] = []
     for path in files:
         answers_path = path.parent / "subset_answers.json"
         answers = read_json(answers_path) if answers_path.is_file() else {}
-        for where, record in read_records(path):
-            items.append(_egoschema_item(record, where, Path(root), answers))
+        for where, record in read_records(path, log):
+            with log.guard(where, record):
+                items.append(_egoschema_item(record, where, Path(root), answers))
     if subset_only:
         items = [item for item in items if item.answer is not None]
-    return check_unique_ids(items, files[0])
+    return check_unique_ids(items, files[0], log)
 
 
 # --- MLVU
@@ -131,24 +156,39 @@ def _mlvu_lmms(record: dict, where: str, root: Path, index: int) -> Item:
     )
 
 
-def load_mlvu(root: Path, source: str | None = None) -> list[Item]:
-    """Load MLVU-dev multiple-choice questions from any of the three layouts."""
+def _mlvu_record(record: dict, where: str, root: Path, task_file: str, index: int) -> Item:
+    if isinstance(record, dict) and "candidates" in record and "video" in record:
+        return _mlvu_official(record, where, root, task_file, index)
+    if isinstance(record, dict) and "video_name" in record:
+        return _mlvu_lmms(record, where, root, index)
+    item = flash_item(record, where, root, ("duration",))
+    task = record.get("task_type") or record.get("type") or record.get("question_type")
+    return replace(item, categories={**item.categories, **({"task_type": str(task)} if task else {})})
+
+
+def _mlvu_id(record: object, task_file: str, index: int) -> str | None:
+    """The id a record gets, computed the way the layout computes it (to name a malformed record)."""
+    if not isinstance(record, dict):
+        return None
+    if "candidates" in record and "video" in record:
+        return f"{task_file}_{index}"
+    if "video_name" in record:
+        return str(record.get("question_id", index))
+    return None  # Flash-VStream layout: the record's own "id" (the log finds it)
+
+
+def load_mlvu(root: Path, source: str | None = None, log: RecordLog | None = None) -> list[Item]:
+    """Load MLVU-dev multiple-choice questions from any of the three layouts; malformed records go to ``log``."""
+    log = strict_log(log)
     files = annotation_files(root, source, MLVU_PATTERNS, "MLVU")
     items: list[Item] = []
     for path in files:
         if any(task in path.stem for task in _MLVU_GENERATION_TASKS):
             continue
-        for index, (where, record) in enumerate(read_records(path)):
-            if isinstance(record, dict) and "candidates" in record and "video" in record:
-                items.append(_mlvu_official(record, where, Path(root), path.stem, index))
-            elif isinstance(record, dict) and "video_name" in record:
-                items.append(_mlvu_lmms(record, where, Path(root), index))
-            else:
-                item = flash_item(record, where, Path(root), ("duration",))
-                task = record.get("task_type") or record.get("type") or record.get("question_type")
-                categories = {**item.categories, **({"task_type": str(task)} if task else {})}
-                items.append(replace(item, categories=categories))
-    return check_unique_ids(items, files[0])
+        for index, (where, record) in enumerate(read_records(path, log)):
+            with log.guard(where, record, _mlvu_id(record, path.stem, index)):
+                items.append(_mlvu_record(record, where, Path(root), path.stem, index))
+    return check_unique_ids(items, files[0], log)
 
 
 # --- LVBench
@@ -177,7 +217,7 @@ def _lvbench_qa(
     stem, options = split_options(str(qa["question"]))
     if qa.get("options"):
         options = tuple(strip_letter(str(option)) for option in qa["options"])
-    if len(options) < 2:
+    if not options:
         raise AnnotationError(f"{where}: could not find the '(A) ...' option lines in the question.")
     video, is_dir = find_media(root, video_candidates, where)
     categories = {k: v for k, v in categories.items() if v}
@@ -196,39 +236,46 @@ def _lvbench_qa(
     )
 
 
-def load_lvbench(root: Path, source: str | None = None) -> list[Item]:
-    """Load LVBench; a question with several ``question_type``s keeps all of them (it counts toward each)."""
+def _lvbench_video(record: dict, where: str, root: Path, log: RecordLog) -> list[Item]:
+    """Official layout: one line per video, its questions in ``qa`` (each one guarded on its own)."""
+    require(record, ["key", "qa"], where)
+    if not isinstance(record["qa"], list):
+        raise AnnotationError(f"{where}: 'qa' must be a list of questions, got {type(record['qa']).__name__}.")
+    key = str(record["key"])
+    media = [f"videos/{key}.mp4", f"{key}.mp4", f"frames/{key}"]
+    items = []
+    for qa_index, qa in enumerate(record["qa"]):
+        qa_where = f"{where} qa {qa_index}"
+        with log.guard(qa_where, qa):
+            items.append(_lvbench_qa(qa, qa_where, root, media, "official", video_type=record.get("type")))
+    return items
+
+
+def _lvbench_record(record: dict, where: str, root: Path) -> Item:
+    if isinstance(record, dict) and "video_path" in record:  # lmms-eval
+        name = str(record["video_path"])
+        return _lvbench_qa(record, where, root, [name, f"videos/{name}"], "lmms", video_type=record.get("type"))
+    item = flash_item(record, where, root, ("type",))
+    categories = {"question_type": _as_list(record.get("question_type"))}
+    if record.get("type"):
+        categories["video_type"] = str(record["type"])
+    return replace(item, categories=categories)
+
+
+def load_lvbench(root: Path, source: str | None = None, log: RecordLog | None = None) -> list[Item]:
+    """Load LVBench; a question with several ``question_type``s keeps all of them (it counts toward each).
+
+    Malformed records (or single questions of an official per-video line) go to ``log``.
+    """
+    log = strict_log(log)
     files = annotation_files(root, source, LVBENCH_PATTERNS, "LVBench")
     root = Path(root)
     items: list[Item] = []
     for path in files:
-        for where, record in read_records(path):
-            if isinstance(record, dict) and "qa" in record:  # official: one line per video
-                require(record, ["key", "qa"], where)
-                key = str(record["key"])
-                media = [f"videos/{key}.mp4", f"{key}.mp4", f"frames/{key}"]
-                for qa_index, qa in enumerate(record["qa"]):
-                    items.append(
-                        _lvbench_qa(
-                            qa,
-                            f"{where} qa {qa_index}",
-                            root,
-                            media,
-                            "official",
-                            video_type=record.get("type"),
-                        )
-                    )
-            elif isinstance(record, dict) and "video_path" in record:  # lmms-eval
-                name = str(record["video_path"])
-                items.append(
-                    _lvbench_qa(
-                        record, where, root, [name, f"videos/{name}"], "lmms", video_type=record.get("type")
-                    )
-                )
-            else:
-                item = flash_item(record, where, root, ("type",))
-                categories = {"question_type": _as_list(record.get("question_type"))}
-                if record.get("type"):
-                    categories["video_type"] = str(record["type"])
-                items.append(replace(item, categories=categories))
-    return check_unique_ids(items, files[0])
+        for where, record in read_records(path, log):
+            with log.guard(where, record):
+                if isinstance(record, dict) and "qa" in record:
+                    items.extend(_lvbench_video(record, where, root, log))
+                else:
+                    items.append(_lvbench_record(record, where, root))
+    return check_unique_ids(items, files[0], log)

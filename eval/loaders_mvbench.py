@@ -3,8 +3,8 @@
 The official release (``OpenGVLab/MVBench``, also what lmms-eval reads) has ``json/<task>.json`` files with
 ``{"video", "question", "candidates", "answer" (text), "start"?, "end"?}`` records and videos under ``video/``
 in one folder per source dataset (`MVBENCH_TASKS`). ``episodic_reasoning`` is stored as folders of frames
-extracted at 3 fps. Flash-VStream's ``test_qa.json`` (``video_id`` = path under the video folder) is read too.
-See ``reference/benchmarks-and-ecosystem.md`` §1.4.
+extracted at 3 fps (files numbered from 1). Flash-VStream's ``test_qa.json`` (``video_id`` = path under the
+video folder) is read too. A malformed record goes to the `RecordLog`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flash_vstream_eval.formats import annotation_files, check_unique_ids, flash_item
-from flash_vstream_eval.items import AnnotationError, Item, find_media, read_records, require
+from flash_vstream_eval.items import AnnotationError, Item, RecordLog, find_media, read_records, require, strict_log
 
 __all__ = ["MVBENCH_TASKS", "MvbenchTask", "load_mvbench"]
 
@@ -81,6 +81,8 @@ def _seconds(record: dict, key: str, where: str) -> float | None:
 def _official_item(record: dict, where: str, root: Path, task_name: str, index: int) -> Item:
     require(record, ["video", "question", "candidates", "answer"], where)
     task = MVBENCH_TASKS[task_name]
+    if not isinstance(record["candidates"], list):
+        raise AnnotationError(f"{where}: 'candidates' must be a list of option texts.")
     options = tuple(str(c) for c in record["candidates"])
     if record["answer"] not in options:
         raise AnnotationError(f"{where}: answer {record['answer']!r} is not one of the candidates {options}.")
@@ -103,22 +105,28 @@ def _official_item(record: dict, where: str, root: Path, task_name: str, index: 
     )
 
 
-def load_mvbench(root: Path, source: str | None = None) -> list[Item]:
-    """Load MVBench (official/lmms-eval ``json/<task>.json`` files, or Flash-VStream ``test_qa.json``)."""
+def load_mvbench(root: Path, source: str | None = None, log: RecordLog | None = None) -> list[Item]:
+    """Load MVBench (official/lmms-eval ``json/<task>.json`` files, or Flash-VStream ``test_qa.json``).
+
+    Malformed records go to ``log`` (without one, the first raises); a file named after no task is an error.
+    """
+    log = strict_log(log)
     files = annotation_files(root, source, MVBENCH_PATTERNS, "MVBench")
     root = Path(root)
     items: list[Item] = []
     for path in files:
-        records = list(read_records(path))
-        if records and isinstance(records[0][1], dict) and "video_id" in records[0][1]:
+        records = list(read_records(path, log))
+        if path.stem not in MVBENCH_TASKS and any(isinstance(r, dict) and "video_id" in r for _, r in records):
             for where, record in records:
-                item = flash_item(record, where, root, ("task_type",))
-                items.append(replace(item, categories={"task_type": str(record.get("task_type", "unknown"))}))
+                with log.guard(where, record):
+                    item = flash_item(record, where, root, ("task_type",))
+                    items.append(replace(item, categories={"task_type": str(record.get("task_type", "unknown"))}))
             continue
         if path.stem not in MVBENCH_TASKS:
             raise AnnotationError(
                 f"{path}: {path.stem!r} is not an MVBench task; expected one of {sorted(MVBENCH_TASKS)}."
             )
         for index, (where, record) in enumerate(records):
-            items.append(_official_item(record, where, root, path.stem, index))
-    return check_unique_ids(items, files[0])
+            with log.guard(where, record, f"{path.stem}_{index}"):
+                items.append(_official_item(record, where, root, path.stem, index))
+    return check_unique_ids(items, files[0], log)

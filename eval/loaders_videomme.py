@@ -2,7 +2,12 @@
 
 Every question keeps ``duration`` (short/medium/long), ``domain``, ``sub_category`` and ``task_type`` for the
 breakdowns, and the path of its SRT subtitle file (``subtitle/<videoID>.srt``) when that exists. Videos live
-at ``data/<videoID>.mp4`` (also ``.MP4``/``.mkv``). See ``reference/benchmarks-and-ecosystem.md`` §1.5.
+at ``data/<videoID>.mp4`` (also ``.MP4``/``.mkv``). Layouts: lmms-eval rows (``videoID``, ``question_id``,
+``question``, ``options`` as ``"A. text"``, ``answer`` letter, ``duration``, ``domain``, ``sub_category``,
+``task_type``); the official grouped JSON (one entry per video: ``video_id``, ``videoID``, ``duration_category``,
+``video_category``, ``video_subcategory``, ``questions``: ``question_id``, ``task_type``, ``question``,
+``options`` or ``choices``, ``answer``); Flash-VStream's ``test_qa.json``. A malformed record (or one question of
+a grouped entry) goes to the `RecordLog`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ from flash_vstream_eval.formats import (
     letter_to_index,
     strip_letter,
 )
-from flash_vstream_eval.items import AnnotationError, Item, find_media, read_records, require, safe_join
+from flash_vstream_eval.items import (
+    AnnotationError,
+    Item,
+    RecordLog,
+    find_media,
+    read_records,
+    require,
+    safe_join,
+    strict_log,
+)
 
 __all__ = ["load_videomme"]
 
@@ -72,47 +86,54 @@ def _question(question: dict, where: str, root: Path, video_name: str, categorie
     )
 
 
-def _grouped_video(record: dict, where: str, root: Path) -> list[Item]:
+def _grouped_video(record: dict, where: str, root: Path, log: RecordLog) -> list[Item]:
     """Official ``output_test_template.json`` layout: one entry per video with a ``questions`` list."""
     require(record, ["video_id", "questions"], where)
+    if not isinstance(record["questions"], list):
+        raise AnnotationError(f"{where}: 'questions' must be a list, got {type(record['questions']).__name__}.")
     video_name = str(record.get("videoID") or record["video_id"])
     categories = {
         "duration": record.get("duration_category", record.get("duration")),
         "domain": record.get("video_category", record.get("domain")),
         "sub_category": record.get("video_subcategory", record.get("sub_category")),
     }
-    return [
-        _question(
-            {**question, "video_id": record["video_id"]},
-            f"{where} question {i}",
-            root,
-            video_name,
-            categories,
-            "official",
-        )
-        for i, question in enumerate(record["questions"])
-    ]
+    items = []
+    for i, question in enumerate(record["questions"]):
+        question_where = f"{where} question {i}"
+        with log.guard(question_where, question):
+            if not isinstance(question, dict):
+                raise AnnotationError(f"{question_where}: expected a JSON object, got {type(question).__name__}.")
+            fields = {**question, "video_id": record["video_id"]}
+            items.append(_question(fields, question_where, root, video_name, categories, "official"))
+    return items
 
 
-def load_videomme(root: Path, source: str | None = None) -> list[Item]:
-    """Load Video-MME (2,700 questions in the full set) from any of the three layouts."""
+def _record(record: dict, where: str, root: Path) -> Item:
+    if isinstance(record, dict) and "videoID" in record:
+        categories = {key: record.get(key) for key in ("duration", "domain", "sub_category")}
+        return _question(record, where, root, str(record["videoID"]), categories, "lmms")
+    item = flash_item(record, where, root, CATEGORY_KEYS)
+    video_id = str(record["video_id"])
+    video, is_dir = _media(root, video_id, where)
+    if item.frames_dir:
+        video, is_dir = item.video, True
+    return replace(item, video=video, frames_dir=is_dir, subtitles=_subtitles(root, video_id, where))
+
+
+def load_videomme(root: Path, source: str | None = None, log: RecordLog | None = None) -> list[Item]:
+    """Load Video-MME (2,700 questions in the full set) from any of the three layouts.
+
+    Malformed records go to ``log`` (without one, the first raises).
+    """
+    log = strict_log(log)
     files = annotation_files(root, source, VIDEOMME_PATTERNS, "Video-MME")
     root = Path(root)
     items: list[Item] = []
     for path in files:
-        for where, record in read_records(path):
-            if isinstance(record, dict) and "questions" in record:
-                items.extend(_grouped_video(record, where, root))
-            elif isinstance(record, dict) and "videoID" in record:
-                categories = {key: record.get(key) for key in ("duration", "domain", "sub_category")}
-                items.append(_question(record, where, root, str(record["videoID"]), categories, "lmms"))
-            else:
-                item = flash_item(record, where, root, CATEGORY_KEYS)
-                video_id = str(record["video_id"])
-                video, is_dir = _media(root, video_id, where)
-                if item.frames_dir:
-                    video, is_dir = item.video, True
-                items.append(
-                    replace(item, video=video, frames_dir=is_dir, subtitles=_subtitles(root, video_id, where))
-                )
-    return check_unique_ids(items, files[0])
+        for where, record in read_records(path, log):
+            with log.guard(where, record):
+                if isinstance(record, dict) and "questions" in record:
+                    items.extend(_grouped_video(record, where, root, log))
+                else:
+                    items.append(_record(record, where, root))
+    return check_unique_ids(items, files[0], log)

@@ -1,10 +1,14 @@
 """VStream-QA loader (Flash-VStream's open-ended benchmark): VS-Ego, VS-Movie, RVS-Ego and RVS-Movie.
 
-Layout of ``IVGSZ/VStream-QA`` (``reference/benchmarks-and-ecosystem.md`` §1.6): ``vstream/`` holds the
-offline sets (``test_qa_ego4d.json``, ``test_qa_movienet.json``, clip definitions
-``vs_ego.json``/``vs_movie.json``) and ``vstream-realtime/`` the real-time ones (``rvs_ego.json``,
-``rvs_movie.json``). Records use the "MSVD format" ``{"video_id", "question", "id", "answer", "answer_type"?,
-"duration"?}``; real-time records add ``start_time``/``end_time`` in seconds of the source video.
+Layout of the ``IVGSZ/VStream-QA`` dataset: ``vstream/`` holds the offline sets (``test_qa_ego4d.json``,
+``test_qa_movienet.json``, clip definitions ``vs_ego.json``/``vs_movie.json``) and ``vstream-realtime/`` the
+real-time ones (the same two QA file names, clip definitions ``rvs_ego.json``/``rvs_movie.json``). A clip definition
+is ``{"video_id", "original_video", "start_time", "end_time"}`` in seconds of the source video (MovieNet clips give
+``start_shot``/``end_shot`` instead). Records use the "MSVD format" ``{"video_id", "question", "id", "answer",
+"answer_type"?, "duration"?}``; real-time records add ``start_time``/``end_time`` in seconds of the source video.
+
+``--annotations`` may name the dataset root (the folder holding ``vstream/`` and ``vstream-realtime/``), the set's
+folder, or the QA file itself; the clip definitions are looked for beside the QA file.
 
 Real-time questions are asked at ``end_time``: evaluated offline, the model sees the clip from its start up to
 that moment, i.e. the window ``[0, end_time - clip start_time]`` (clip start from the clip definitions; times
@@ -18,7 +22,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flash_vstream_eval.formats import check_unique_ids, flash_item
-from flash_vstream_eval.items import AnnotationError, Item, read_json, read_records, resolve_dataset_dir
+from flash_vstream_eval.items import (
+    AnnotationError,
+    Item,
+    RecordLog,
+    read_json,
+    read_records,
+    resolve_dataset_dir,
+    strict_log,
+)
 
 __all__ = ["VSTREAM_SETS", "VstreamSet", "load_vstream"]
 
@@ -93,26 +105,54 @@ def _window(record: dict, clip_start: float | None) -> tuple[float | None, float
     return 0.0, end
 
 
-def load_vstream(root: Path, name: str, source: str | None = None) -> list[Item]:
-    """Load one VStream-QA set (``name`` in `VSTREAM_SETS`) from the root or an explicit QA file."""
+def _qa_file(spec: VstreamSet, root: Path, source: str | None) -> Path:
+    """The set's QA file: under the root, or under ``source`` (dataset root, set folder or the file itself)."""
+    if not source:
+        return root / spec.annotations
+    path = resolve_dataset_dir(source, root)
+    if path.is_file():
+        return path
+    for candidate in (path / spec.annotations, path / Path(spec.annotations).name):
+        if candidate.is_file():
+            return candidate
+    raise AnnotationError(
+        f"no {spec.annotations} under {path} (looked for {path / spec.annotations} and "
+        f"{path / Path(spec.annotations).name}); pass the VStream-QA folder that holds vstream/ and vstream-realtime/, "
+        "or the QA file itself, as --annotations."
+    )
+
+
+def _clip_file(spec: VstreamSet, root: Path, qa_file: Path) -> Path:
+    """The clip definitions: beside the QA file first, then where the root layout keeps them."""
+    beside = qa_file.parent / Path(spec.clips).name
+    return beside if beside.is_file() else root / spec.clips
+
+
+def _vstream_item(record: dict, where: str, root: Path, spec: VstreamSet, clip_starts: dict[str, float]) -> Item:
+    if not isinstance(record, dict) or "video_id" not in record:
+        raise AnnotationError(f"{where}: expected a VStream-QA record with 'video_id', 'question', 'answer'.")
+    video_id = str(record["video_id"])
+    media = [f"{folder}/{video_id}{suffix}" for folder in spec.media for suffix in ("", ".mp4")]
+    item = flash_item(record, where, root, ("answer_type",), [*media, f"frames/{video_id}"])
+    if item.options is not None:
+        raise AnnotationError(f"{where}: VStream-QA answers are text, got an option index.")
+    categories = {"answer_type": str(record.get("answer_type") or "unknown")}
+    start, end = _window(record, clip_starts.get(video_id)) if spec.realtime else (None, None)
+    return replace(item, categories=categories, start=start, end=end)
+
+
+def load_vstream(root: Path, name: str, source: str | None = None, log: RecordLog | None = None) -> list[Item]:
+    """Load one VStream-QA set (``name`` in `VSTREAM_SETS`) from the root or ``source``.
+
+    Malformed records go to ``log`` (without one, the first raises).
+    """
+    log = strict_log(log)
     spec = VSTREAM_SETS[name]
     root = Path(root)
-    path = resolve_dataset_dir(source, root) if source else root / spec.annotations
-    if path.is_dir():
-        path = path / Path(spec.annotations).name
-    clip_starts = _clip_starts(root / spec.clips)
+    path = _qa_file(spec, root, source)
+    clip_starts = _clip_starts(_clip_file(spec, root, path))
     items = []
-    for where, record in read_records(path):
-        if not isinstance(record, dict) or "video_id" not in record:
-            raise AnnotationError(
-                f"{where}: expected a VStream-QA record with 'video_id', 'question', 'answer'."
-            )
-        video_id = str(record["video_id"])
-        media = [f"{folder}/{video_id}{suffix}" for folder in spec.media for suffix in ("", ".mp4")]
-        item = flash_item(record, where, root, ("answer_type",), [*media, f"frames/{video_id}"])
-        if item.options is not None:
-            raise AnnotationError(f"{where}: VStream-QA answers are text, got an option index.")
-        categories = {"answer_type": str(record.get("answer_type") or "unknown")}
-        start, end = _window(record, clip_starts.get(video_id)) if spec.realtime else (None, None)
-        items.append(replace(item, categories=categories, start=start, end=end))
-    return check_unique_ids(items, path)
+    for where, record in read_records(path, log):
+        with log.guard(where, record):
+            items.append(_vstream_item(record, where, root, spec, clip_starts))
+    return check_unique_ids(items, path, log)

@@ -1,10 +1,12 @@
 """The one evaluation runner: load a benchmark, sample frames, ask the model, append predictions, score.
 
-Data-parallel under ``torchrun``: rank ``r`` of ``w`` takes items ``r, r + w, ...`` and appends to its own
-``predictions.rank{r}-of-{w}.jsonl`` (one durable line per item, see `predictions`). A rerun skips finished
-ids, so an interrupted run resumes where it stopped. When every shard is complete the shards are merged into
-``predictions.jsonl`` and scored into ``results.json`` / ``results.md`` (plus ``submission.{json,csv}`` for
-EgoSchema); with ``torch.distributed`` initialised, rank 0 does this after a barrier.
+Data-parallel under ``torchrun``: `flash_vstream.distributed.init_distributed` gives each process its rank and
+its own device (``cuda:{local_rank}``), rank ``r`` of ``w`` takes items ``r, r + w, ...`` and appends to its own
+``predictions.rank{r}-of-{w}.jsonl`` (one durable line per item, see `predictions`). A rerun skips finished ids,
+so an interrupted run resumes where it stopped; ``run_config.json`` makes sure it is the same run (see
+`run_folder`). The rank that finds every shard complete (the last to finish) merges them into
+``predictions.jsonl`` and scores them into ``results.json`` / ``results.md`` (plus ``submission.{json,csv}`` for
+EgoSchema); no collective waits on the slowest rank, so no NCCL timeout can end a long run.
 
     python -m flash_vstream.cli eval run --benchmark mvbench --model M --data DATA_ROOT/MVBench --out runs/mvb
     torchrun --nproc_per_node=8 -m flash_vstream.cli eval run --benchmark videomme --model M --data D --out O
@@ -13,57 +15,32 @@ EgoSchema); with ``torch.distributed`` initialised, rank 0 does this after a bar
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flash_vstream_eval.benchmarks import Benchmark, get_benchmark
-from flash_vstream_eval.items import AnnotationError, Item, safe_join
+from flash_vstream_eval.items import AnnotationError, Item, MalformedRecord, safe_join
+from flash_vstream_eval.model_api import ModelSpec, model_identity, rank_device
 from flash_vstream_eval.predictions import PredictionWriter, recover_predictions
 from flash_vstream_eval.profiles import Profile, Rules, get_profile
 from flash_vstream_eval.report import atomic_write, write_results
-from flash_vstream_eval.scoring import Judge, score_records, submission_files
+from flash_vstream_eval.run_folder import prepare_run_folder
+from flash_vstream_eval.scoring import Judge, malformed_rows, score_records, skipped_rows, submission_files
 from flash_vstream_eval.subtitles import read_srt, select_subtitles, uniform_timestamps
 
-__all__ = ["distributed_rank_world", "run_benchmark"]
+__all__ = ["run_benchmark"]
 
 Reader = Callable[..., Any]
 
 
-def distributed_rank_world() -> tuple[int, int]:
-    """``(rank, world_size)`` from ``torch.distributed`` if initialised, else torchrun's env, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _barrier() -> bool:
-    """Wait for every rank when torch.distributed is initialised; True if it was."""
+def _barrier() -> None:
+    """Wait for every rank when a process group is initialised (a no-op for a single process)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        return True
-    return False
-
-
-def _check_run_config(out_dir: Path, config: dict[str, Any]) -> None:
-    """Write the run's config, or refuse to resume into a folder written by a different run."""
-    path = out_dir / "run_config.json"
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = {k: (previous.get(k), v) for k, v in config.items() if previous.get(k) != v}
-        if changed:
-            raise ValueError(
-                f"{out_dir} holds a run with different settings {changed} (old, new); "
-                "pass a new --out or the "
-                "same flags to resume."
-            )
-        return
-    atomic_write(path, json.dumps(config, indent=2) + "\n")
 
 
 def _sampler(rules: Rules, item: Item):
@@ -92,21 +69,33 @@ def _subtitle_text(root: Path, item: Item, rules: Rules, clip: Any) -> str:
 
 
 def _predict(
-    item: Item, root: Path, spec: Benchmark, rules: Rules, model: Callable[[], Any], reader: Reader
+    item: Item,
+    root: Path,
+    spec: Benchmark,
+    rules: Rules,
+    model: Callable[[], Any],
+    reader: Reader,
+    unreadable: dict[tuple, str],
 ) -> dict:
-    """One item's predictions record: ``{"id", "prediction", "frames"}`` or ``{"id", "skipped": reason}``.
+    """One item's predictions record: ``{"id", "prediction", "frames"}`` or ``{"id", "skipped", "video"}``.
 
     ``model`` returns the model; it is called only when a video was read, so skipped items load nothing.
+    ``unreadable`` remembers videos that failed to decode (per window), so questions sharing a broken video
+    do not decode it again.
     """
     from flash_vstream.video import VideoError
 
     path = safe_join(root, item.video)
     if not path.exists():
-        return {"id": item.id, "skipped": f"missing video: {item.video}"}
-    try:
-        clip = reader(path, sampler=_sampler(rules, item), frames_fps=item.frames_fps)
-    except (VideoError, OSError, ValueError) as err:
-        return {"id": item.id, "skipped": f"unreadable video {item.video}: {err}"}
+        return {"id": item.id, "skipped": f"missing video: {item.video}", "video": item.video}
+    key = (item.video, item.start, item.end, item.frames_fps)
+    if key not in unreadable:
+        try:
+            clip = reader(path, sampler=_sampler(rules, item), frames_fps=item.frames_fps)
+        except (VideoError, OSError, ValueError) as err:
+            unreadable[key] = f"unreadable video: {item.video} ({str(err).strip() or type(err).__name__})"
+    if key in unreadable:
+        return {"id": item.id, "skipped": unreadable[key], "video": item.video}
     subtitles = _subtitle_text(root, item, rules, clip) if spec.with_subtitles else None
     # Frames only (no ``video=``): models take exactly one visual input, and these are the profile's frames.
     reply = model().answer(
@@ -129,7 +118,7 @@ def _run_shard(
     root: Path,
     spec: Benchmark,
     rules: Rules,
-    model: Any,
+    load: Callable[[], Any],
     reader: Reader,
     progress: bool,
     rank: int,
@@ -146,19 +135,15 @@ def _run_shard(
 
     def get_model() -> Any:
         if not loaded:
-            if isinstance(model, str):
-                from flash_vstream import load_model
-
-                loaded.append(load_model(model))
-            else:
-                loaded.append(model)
+            loaded.append(load())
         return loaded[0]
 
+    unreadable: dict[tuple, str] = {}
     with PredictionWriter(path) as writer:
         for item in tqdm(
             pending, desc=f"{spec.name} [rank {rank}]", disable=not progress, dynamic_ncols=True
         ):
-            writer.write(_predict(item, root, spec, rules, get_model, reader))
+            writer.write(_predict(item, root, spec, rules, get_model, reader, unreadable))
 
 
 def _merge(out_dir: Path, items: list[Item], world: int) -> list[dict] | None:
@@ -180,29 +165,59 @@ def _finish(
     spec: Benchmark,
     profile: Profile,
     judge: Judge | None,
+    malformed: list[MalformedRecord],
 ) -> dict[str, Any]:
     atomic_write(
         out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     )
     if spec.open_ended and judge is None:
-        skipped = [{"id": r["id"], "reason": r["skipped"]} for r in records if r.get("skipped")]
+        skipped = skipped_rows(records)
         results = {
             "benchmark": spec.name,
             "profile": profile.name,
             "metrics": {},
-            "counts": {"items": len(items), "predicted": len(items) - len(skipped), "skipped": len(skipped)},
+            "counts": {
+                "items": len(items),
+                "predicted": len(items) - len(skipped),
+                "skipped": len(skipped),
+                "malformed": len(malformed),
+            },
             "breakdowns": {},
             "skipped": skipped,
+            "malformed": malformed_rows(malformed),
             "note": "Open-ended answers need a judge: run `flash-vstream eval score` with --judge-model "
             "(and --judge-base-url) on predictions.jsonl.",
         }
     else:
-        results = score_records(spec, items, records, profile, judge)
+        results = score_records(spec, items, records, profile, judge, malformed)
     if spec.submission:
         for name, text in submission_files(items, records, profile).items():
             atomic_write(out_dir / name, text)
     write_results(out_dir, results)
     return results
+
+
+def _as_model(model: Any) -> Any:
+    if isinstance(model, (str, Path)):
+        return ModelSpec(str(model))
+    return model
+
+
+def _run_config(spec: Benchmark, prof: Profile, rules: Rules, root: Path, limit: int | None,
+                annotations: str | None, model: Any, device: Any, world_size: int) -> dict[str, Any]:
+    """What this run is (see `run_folder`): compared with the folder's ``run_config.json`` before anything runs."""
+    return {
+        "benchmark": spec.name,
+        "profile": prof.name,
+        "limit": limit,
+        "annotations": annotations,
+        "data_root": str(root.resolve()),
+        "max_new_tokens": rules.max_new_tokens,
+        "model": model_identity(model, device),
+        "model_given": model.name_or_path if isinstance(model, ModelSpec) else None,
+        "device": str(device),
+        "world_size": world_size,
+    }
 
 
 def run_benchmark(
@@ -217,13 +232,17 @@ def run_benchmark(
     judge: Judge | None = None,
     reader: Reader | None = None,
     progress: bool = True,
+    max_new_tokens: int | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+    dist: Any = None,
 ) -> dict[str, Any] | None:
     """Evaluate ``model`` on a benchmark, resumably; return the results (``None`` on ranks that do not merge).
 
     Args:
         benchmark: Benchmark name (see `benchmarks.BENCHMARKS`) or spec.
-        model: A `model_api.VideoQAModel`, or a name/path for ``flash_vstream.load_model`` (loaded only when
-            some item still needs an answer).
+        model: A `model_api.VideoQAModel`, a `model_api.ModelSpec`, or a checkpoint name/path (a spec with
+            default flags). A spec is loaded onto this rank's device only when some item still needs an answer.
         data_root: Folder holding the benchmark's annotations and media.
         out_dir: Run folder for predictions and results; reuse it to resume.
         profile: Scoring profile name or object.
@@ -231,53 +250,48 @@ def run_benchmark(
         annotations: Annotation file, folder or HF dataset id to use instead of auto-detection.
         judge: ``judge(question, answer, prediction) -> verdict`` for open-ended sets; without one the run
             stops after writing predictions.
-        reader: ``reader(path, sampler=..., frames_fps=...) -> clip``; default
-        ``flash_vstream.video.read_video``.
+        reader: ``reader(path, sampler=..., frames_fps=...) -> clip``; default ``flash_vstream.video.read_video``.
         progress: Show a progress bar.
+        max_new_tokens: Generation budget; default the profile's.
+        overwrite: Move an old run's files aside and start over instead of refusing a different run.
+        strict: Fail on the first malformed annotation record instead of skipping and counting it.
+        dist: This process's `flash_vstream.distributed.DistInfo`; default `init_distributed()` (torchrun-aware).
 
     Raises:
-        AnnotationError: For unusable annotations (file and record named).
-        ValueError: For a bad benchmark/profile/limit, or an ``out_dir`` written with other settings.
+        AnnotationError: For unusable annotations (file and line named; with ``strict`` any malformed record).
+        ValueError: For a bad benchmark/profile/limit/device/dtype/option, or an ``out_dir`` holding another
+            run's predictions (`run_folder.RunFolderError`).
+        FileNotFoundError: For a checkpoint that does not exist.
     """
     spec, prof = get_benchmark(benchmark), get_profile(profile)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number of questions, got {limit}.")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be a positive number of tokens, got {max_new_tokens}.")
     root, out_dir = Path(data_root), Path(out_dir)
     if not root.is_dir():
         raise AnnotationError(
             f"data root {root} is not a directory; pass --data pointing at the benchmark folder."
         )
     rules = prof.for_family(spec.family)
-    items = spec.load(root, annotations)[:limit]
-    rank, world = distributed_rank_world()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        _check_run_config(
-            out_dir,
-            {
-                "benchmark": spec.name,
-                "profile": prof.name,
-                "limit": limit,
-                "annotations": annotations,
-                "data_root": str(root.resolve()),
-            },
-        )
+    if max_new_tokens is not None:
+        rules = replace(rules, max_new_tokens=max_new_tokens)
+    loaded = spec.load_items(root, annotations, strict=strict)
+    items = loaded.items[:limit]
+    if dist is None:
+        from flash_vstream.distributed import init_distributed
+
+        dist = init_distributed()
+    model = _as_model(model)
+    device = rank_device(model.device if isinstance(model, ModelSpec) else None, dist)
+    config = _run_config(spec, prof, rules, root, limit, annotations, model, device, dist.world_size)
+    prepare_run_folder(out_dir, config, rank=dist.rank, overwrite=overwrite, barrier=_barrier)
     if reader is None:
         from flash_vstream.video import read_video as reader
-    _run_shard(
-        items[rank::world],
-        _shard_path(out_dir, rank, world),
-        root,
-        spec,
-        rules,
-        model,
-        reader,
-        progress,
-        rank,
-    )
-    if _barrier() and rank != 0:
-        return None
-    records = _merge(out_dir, items, world)
+    load = (lambda: model.load(device)) if isinstance(model, ModelSpec) else (lambda: model)
+    shard = _shard_path(out_dir, dist.rank, dist.world_size)
+    _run_shard(items[dist.rank :: dist.world_size], shard, root, spec, rules, load, reader, progress, dist.rank)
+    records = _merge(out_dir, items, dist.world_size)
     if records is None:
         return None
-    return _finish(out_dir, items, records, spec, prof, judge)
+    return _finish(out_dir, items, records, spec, prof, judge, loaded.malformed)

@@ -4,7 +4,9 @@ Every item ends in one status: ``scored``; ``skipped`` (its video could not be r
 ``unlabelled`` (hidden answer, e.g. EgoSchema's full set, which only goes into the submission file);
 ``excluded`` (left out of the denominator by the profile: Video-MME official unanswered, lmms-eval MVBench
 empty replies); or ``missing`` (no prediction in the file). Accuracies are percentages over ``scored`` items.
-A question whose category is a list (LVBench ``question_type``) counts toward each of its values.
+A question whose category is a list (LVBench ``question_type``) counts toward each of its values. Annotation
+records that could not be read (`items.MalformedRecord`) are counted as ``malformed`` and listed; predictions
+for their ids are ignored.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flash_vstream_eval.benchmarks import Benchmark, get_benchmark
-from flash_vstream_eval.items import AnnotationError, Item
+from flash_vstream_eval.items import AnnotationError, Item, MalformedRecord
 from flash_vstream_eval.profiles import Profile, Rules, get_profile
 
 __all__ = ["read_predictions", "score_predictions", "score_records", "submission_files"]
@@ -38,7 +40,8 @@ def _score_one(item: Item, record: dict | None, rules: Rules, spec: Benchmark, j
     if record is None:
         return {**row, "status": "missing"}
     if record.get("skipped"):
-        return {**row, "status": "skipped", "reason": str(record["skipped"])}
+        video = {"video": record["video"]} if record.get("video") else {}
+        return {**row, "status": "skipped", "reason": str(record["skipped"]), **video}
     reply = prediction_text(record)
     if reply is None:
         raise AnnotationError(f"prediction for {item.id!r} has none of the keys {PREDICTION_KEYS}.")
@@ -87,13 +90,16 @@ def _breakdowns(scored: list[dict], with_score: bool) -> dict[str, dict[str, Any
     }
 
 
-def _aggregate(rows: list[dict], rules: Rules, spec: Benchmark, profile: Profile) -> dict[str, Any]:
+def _aggregate(
+    rows: list[dict], rules: Rules, spec: Benchmark, profile: Profile, malformed: Sequence[MalformedRecord]
+) -> dict[str, Any]:
     scored = [r for r in rows if r["status"] == "scored"]
     counts = {
         status: sum(r["status"] == status for r in rows)
         for status in ("scored", "skipped", "unlabelled", "excluded", "missing")
     }
     counts["items"] = len(rows)
+    counts["malformed"] = len(malformed)
     breakdowns = _breakdowns(scored, spec.open_ended)
     metrics: dict[str, Any] = {"accuracy": _group(scored, spec.open_ended)["accuracy"]}
     if spec.open_ended:
@@ -110,8 +116,27 @@ def _aggregate(rows: list[dict], rules: Rules, spec: Benchmark, profile: Profile
         "fallback_rate": _percent(fallbacks, len(scored)),
         "counts": {**counts, "fallback": fallbacks},
         "breakdowns": breakdowns,
-        "skipped": [{"id": r["id"], "reason": r["reason"]} for r in rows if r["status"] == "skipped"],
+        "skipped": skipped_rows(rows),
+        "malformed": malformed_rows(malformed),
     }
+
+
+def skipped_rows(rows: Iterable[dict]) -> list[dict]:
+    """``{"id", "reason"[, "video"]}`` of every skipped row or record (records carry ``skipped``, rows ``reason``)."""
+    out = []
+    for row in rows:
+        reason = row.get("reason") if row.get("status") == "skipped" else row.get("skipped")
+        if reason:
+            entry = {"id": row["id"], "reason": str(reason)}
+            if row.get("video"):
+                entry["video"] = row["video"]
+            out.append(entry)
+    return out
+
+
+def malformed_rows(malformed: Iterable[MalformedRecord]) -> list[dict]:
+    """The malformed annotation records as ``{"where", "id", "reason"}`` dicts for ``results.json``."""
+    return [{"where": m.where, "id": m.id, "reason": m.reason} for m in malformed]
 
 
 def score_records(
@@ -120,6 +145,7 @@ def score_records(
     records: Iterable[dict],
     profile: str | Profile = "flash-vstream",
     judge: Judge | None = None,
+    malformed: Sequence[MalformedRecord] = (),
 ) -> dict[str, Any]:
     """Score prediction records against items.
 
@@ -130,17 +156,19 @@ def score_records(
             id replace earlier ones.
         profile: Scoring profile name or object.
         judge: ``judge(question, answer, prediction) -> verdict`` with ``correct``/``score``; open-ended only.
+        malformed: Annotation records the loader skipped; counted and listed, their predictions ignored.
 
     Returns:
-        The results dict (metrics, counts, fallback rate, breakdowns, skipped reasons).
+        The results dict (metrics, counts, fallback rate, breakdowns, skipped and malformed records).
 
     Raises:
-        AnnotationError: If a record's id is not among the items (wrong annotations for these predictions).
+        AnnotationError: If a record's id is neither an item's nor a malformed record's (wrong annotations for
+        these predictions).
     """
     spec, prof = get_benchmark(benchmark), get_profile(profile)
     rules = prof.for_family(spec.family)
     by_id = {str(r["id"]): r for r in records}
-    known = {item.id for item in items}
+    known = {item.id for item in items} | {m.id for m in malformed if m.id is not None}
     unknown = [i for i in by_id if i not in known]
     if unknown:
         raise AnnotationError(
@@ -149,7 +177,7 @@ def score_records(
             "check --benchmark and --annotations."
         )
     rows = [_score_one(item, by_id.get(item.id), rules, spec, judge) for item in items]
-    return _aggregate(rows, rules, spec, prof)
+    return _aggregate(rows, rules, spec, prof, malformed)
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -175,6 +203,8 @@ def score_predictions(
     predictions_path: str | Path,
     profile: str | Profile = "flash-vstream",
     judge: Judge | None = None,
+    *,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Score an existing predictions file without a model.
 
@@ -185,14 +215,20 @@ def score_predictions(
         predictions_path: JSONL of ``{"id", "prediction"}`` records.
         profile: Scoring profile.
         judge: Judge callable for open-ended sets.
+        strict: Fail on the first malformed annotation record instead of skipping and counting it.
+
+    Raises:
+        AnnotationError: For missing files, unusable annotations (with ``strict``: any malformed record, named),
+        or predictions that do not belong to these annotations.
     """
     annotations_path = Path(annotations_path)
     root = annotations_path if annotations_path.is_dir() else annotations_path.parent
     spec = get_benchmark(benchmark)
-    items = spec.load(root, str(annotations_path))
+    loaded = spec.load_items(root, str(annotations_path), strict=strict)
     if not Path(predictions_path).is_file():
         raise AnnotationError(f"predictions file {predictions_path} does not exist.")
-    return score_records(spec, items, read_predictions(Path(predictions_path)), profile, judge)
+    records = read_predictions(Path(predictions_path))
+    return score_records(spec, loaded.items, records, profile, judge, loaded.malformed)
 
 
 def submission_files(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import av
@@ -41,6 +42,13 @@ def make_frames(folder: Path, frames: int = 6, size: int = 16, first: int = 1) -
     folder.mkdir(parents=True, exist_ok=True)
     for t in range(frames):
         Image.fromarray(np.full((size, size, 3), 20 * t, dtype=np.uint8)).save(folder / f"{t + first:05d}.png")
+    return folder
+
+
+def fake_checkpoint(folder: Path, model_type: str = "flash_vstream_qwen2_vl", extra: dict | None = None) -> Path:
+    """A folder with only a ``config.json``: enough for a run's identity when no item needs the model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type, **(extra or {})}), encoding="utf-8")
     return folder
 
 
@@ -240,6 +248,18 @@ class FakeModel:
             if f"Q{number}:" in question or f"do {number}?" in question:
                 return reply
         return self.default
+
+
+class SlowModel(FakeModel):
+    """`FakeModel` that takes ``delay`` seconds per answer (a run to kill part way); same class when resumed."""
+
+    def __init__(self, replies: dict[int, str] | None = None, default: str = "A", delay: float = 0.0) -> None:
+        super().__init__(replies, default)
+        self.delay = delay
+
+    def answer(self, question, **kwargs):
+        time.sleep(self.delay)
+        return super().answer(question, **kwargs)
 
 
 def lvbench_flash(root: Path, video: Path) -> Path:

@@ -174,4 +174,24 @@ def test_open_ended_needs_a_judge(tmp_path):
     with pytest.raises(ValueError, match="needs a judge"):
         score_predictions("vs_ego", tmp_path / "vstream" / "test_qa_ego4d.json",
                           preds(tmp_path / "p.jsonl", {"a": "x"}))
-    json.dumps({})  # keep json imported for fixtures that write files
+
+
+def test_predictions_of_malformed_records_are_counted_not_unknown(tmp_path, video):
+    root = mvbench_official(tmp_path, video)
+    rows = json.loads((root / "json" / "object_shuffle.json").read_text())
+    rows[1]["candidates"] = []  # object_shuffle_1 has no options now
+    rows[2]["candidates"] = ["only"]  # object_shuffle_2 has one option (its answer "opt62" is not it)
+    rows[2]["answer"] = "only"
+    write_json(root / "json" / "object_shuffle.json", rows)
+    replies = {f"action_sequence_{i}": "ABCD"[i % 4] for i in range(4)}
+    replies |= {"object_shuffle_0": "A", "object_shuffle_1": "B", "object_shuffle_2": "A"}
+    results = score_predictions("mvbench", root, preds(tmp_path / "p.jsonl", replies), "official")
+    # 9 valid questions: action_sequence 0-3 right, shuffle_0 (answer A) right, shuffle_2 (one option) right,
+    # episodic_reasoning 0-2 missing.
+    assert results["counts"] == {"scored": 6, "skipped": 0, "unlabelled": 0, "excluded": 0, "missing": 3,
+                                 "items": 9, "malformed": 1, "fallback": 0}
+    assert results["metrics"]["accuracy"] == 100.0
+    (bad,) = results["malformed"]
+    # indent=1: "[" on line 1, record 0 on lines 2-12 (4 candidates on lines of their own), record 1 opens on 13
+    assert bad["id"] == "object_shuffle_1" and bad["where"].endswith("object_shuffle.json line 13 (record 1)")
+    assert bad["reason"] == "answer 'opt51' is not one of the candidates ()."

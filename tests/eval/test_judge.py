@@ -11,6 +11,7 @@ import pytest
 from flash_vstream_eval.judge import (
     DEFAULT_JUDGE_MODEL,
     JudgeError,
+    JudgeUnreachableError,
     OpenAIJudge,
     Verdict,
     judge_from_args,
@@ -182,17 +183,21 @@ def test_non_chat_response_body_is_retried(serve):
     assert make_judge(server)("q", "a", "p") == Verdict(False, 0, "{'pred': 'no', 'score': 0}")
 
 
-def test_connection_error_is_retried_then_fails():
+def test_connection_error_is_retried_then_fails_naming_the_url_and_the_fix():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     judge = OpenAIJudge(f"http://127.0.0.1:{port}/v1", "judge-x", KEY, timeout=2, max_retries=2, backoff=0.25)
     judge.delays = []
     judge._sleep = judge.delays.append
-    with pytest.raises(JudgeError, match="connection error") as info:
+    with pytest.raises(JudgeUnreachableError) as info:
         judge("q", "a", "p")
     assert judge.http_calls == 3 and judge.delays == [0.25, 0.5]
-    assert KEY not in str(info.value)
+    message = str(info.value)
+    assert message.startswith(f"cannot reach the judge at http://127.0.0.1:{port}/v1 (")
+    assert "Connection refused" in message and "after 3 attempts" in message
+    assert "--judge-base-url / FLASH_VSTREAM_JUDGE_BASE_URL" in message and "\n" not in message
+    assert KEY not in message
 
 
 @pytest.mark.parametrize(

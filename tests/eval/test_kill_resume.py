@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from evalfixtures import mlvu_flash
 
 from flash_vstream_eval.runner import run_benchmark
@@ -20,17 +21,12 @@ REPLIES = {0: "A", 1: "B", 2: "D", 3: "D", 4: "A", 5: "B", 6: "C", 7: "A", 8: "A
 
 SLOW_RUN = textwrap.dedent(
     """
-    import sys, time
+    import sys
     sys.path.insert(0, {tests!r})
-    from evalfixtures import FakeModel
+    from evalfixtures import SlowModel
     from flash_vstream_eval.runner import run_benchmark
 
-    class Slow(FakeModel):
-        def answer(self, question, **kwargs):
-            time.sleep(0.4)
-            return super().answer(question, **kwargs)
-
-    run_benchmark("mlvu", Slow({replies!r}), {root!r}, {out!r}, "flash-vstream", progress=False)
+    run_benchmark("mlvu", SlowModel({replies!r}, delay=0.4), {root!r}, {out!r}, "flash-vstream", progress=False)
     """
 )
 
@@ -46,8 +42,9 @@ def _shard_lines(out: Path) -> list[dict]:
     return lines
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_video):
-    from evalfixtures import FakeModel
+    from evalfixtures import FakeModel, SlowModel
 
     root = mlvu_flash(tmp_path / "data", tiny_video)
     out = tmp_path / "killed"
@@ -61,7 +58,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_video):
     done_before = len(_shard_lines(out))
     assert 3 <= done_before < 10, "the kill should land in the middle of the run"
 
-    resumed_model = FakeModel(REPLIES)
+    resumed_model = SlowModel(REPLIES)  # the same model (class) as the killed run, or the folder refuses it
     resumed = run_benchmark("mlvu", resumed_model, root, out, "flash-vstream", progress=False)
     assert len(resumed_model.calls) <= 10 - done_before + 1  # at most the item in flight is redone
     merged = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

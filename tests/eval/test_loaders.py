@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from evalfixtures import (
     egoschema_lmms_rows,
@@ -116,23 +118,72 @@ def test_vstream_realtime_window(tmp_path, tiny_video):
     assert offline[1].answer == "thing 1" and offline[1].categories == {"answer_type": "object"}
 
 
-def test_malformed_records_name_file_and_record(tmp_path, tiny_video):
+def test_malformed_records_name_file_and_line_when_strict(tmp_path, tiny_video):
     root = mlvu_flash(tmp_path, tiny_video)
     rows = [{"id": 0, "video_id": "v0.mp4", "question": "Q?\n(A) a\n(B) b", "answer": 0},
             {"id": 1, "video_id": "v1.mp4", "question": "Q?\n(A) a\n(B) b"}]
-    write_json(root / "test_qa.json", rows)
-    with pytest.raises(AnnotationError, match=r"test_qa.json record 1: missing field\(s\) \['answer'\]"):
+    write_json(root / "test_qa.json", rows)  # indent=1: record 1 opens on line 8
+    with pytest.raises(AnnotationError, match=r"test_qa.json line 8 \(record 1\): missing field\(s\) \['answer'\]"):
         get_benchmark("mlvu").load(root, None)
     rows[1]["answer"] = 7
     write_json(root / "test_qa.json", rows)
-    with pytest.raises(AnnotationError, match="record 1: answer 7 is out of range for 2 options"):
-        get_benchmark("mlvu").load(root, None)
+    with pytest.raises(AnnotationError, match=r"record 1\): answer 7 is out of range for 2 options"):
+        get_benchmark("mlvu").load_items(root, strict=True)
     (root / "test_qa.json").write_text('[{"id": 1,\n "x": }]')
     with pytest.raises(AnnotationError, match="test_qa.json line 2 column"):
-        get_benchmark("mlvu").load(root, None)
+        get_benchmark("mlvu").load_items(root)  # a file that does not parse is unusable even when tolerant
     write_jsonl(tmp_path / "lv" / "video_info.meta.jsonl", [{"key": "k", "qa": [{"uid": "1", "question": "q"}]}])
     with pytest.raises(AnnotationError, match=r"video_info.meta.jsonl line 1 qa 0: missing field\(s\) \['answer'\]"):
         get_benchmark("lvbench").load(tmp_path / "lv", None)
+
+
+def test_one_option_is_a_valid_question_and_malformed_records_are_skipped(tmp_path, tiny_video):
+    root = mlvu_flash(tmp_path, tiny_video)
+    rows = [{"id": i, "video_id": f"v{i}.mp4", "question": f"Q{i}?\n(A) a\n(B) b", "answer": 1} for i in range(4)]
+    rows[1] = {"id": 1, "video_id": "v1.mp4", "question": "Q1?\n(A) only", "answer": 0}  # one option
+    rows[2] = {"id": 2, "video_id": "v2.mp4", "question": "Q2? no options at all", "answer": 0}
+    rows.append({"id": 4, "video_id": "v4.mp4", "question": "Q4?\n(A) a", "answer": 3})  # out of range
+    write_json(root / "test_qa.json", rows)
+    loaded = get_benchmark("mlvu").load_items(root)
+    assert [item.id for item in loaded.items] == ["0", "1", "3"]
+    assert loaded.items[1].options == ("only",) and loaded.items[1].answer == 0
+    path = root / "test_qa.json"
+    lines = path.read_text().splitlines()
+    # indent=1 puts each record's "{" on the line above its "id" field (the 1-based number is that 0-based index)
+    opening = {k: lines.index(f'  "id": {k},') for k in (2, 4)}
+    assert all(lines[n - 1] == " {" for n in opening.values())
+    assert [(m.id, m.where) for m in loaded.malformed] == [
+        ("2", f"{path} line {opening[2]} (record 2)"),
+        ("4", f"{path} line {opening[4]} (record 4)"),
+    ]
+    assert loaded.malformed[0].reason == "could not find the '(A) ...' option lines in the question."
+    assert loaded.malformed[1].reason == "answer 3 is out of range for 1 options."
+    with pytest.raises(AnnotationError, match=r"test_qa.json line \d+ \(record 2\): could not find"):
+        get_benchmark("mlvu").load_items(root, strict=True)
+
+
+def test_too_many_options_and_bad_jsonl_lines_are_malformed(tmp_path):
+    rows = videomme_lmms_rows()
+    rows[2]["options"] = [f"{'ABCDEFGHI'[k]}. o{k}" for k in range(9)]
+    path = tmp_path / "videomme" / "test.jsonl"
+    write_jsonl(path, rows)
+    path.write_text(path.read_text() + "{not json\n")
+    loaded = get_benchmark("videomme").load_items(tmp_path)
+    assert len(loaded.items) == 9
+    assert [(m.where, m.id) for m in loaded.malformed] == [(f"{path} line 3", "000-2"), (f"{path} line 11", None)]
+    assert loaded.malformed[0].reason == "9 options; a multiple-choice question has 1 to 8 (letters A-H)."
+    assert loaded.malformed[1].reason.startswith("invalid JSON")
+
+
+def test_one_bad_question_of_an_lvbench_video_line_keeps_the_others(tmp_path, tiny_video):
+    root = lvbench_official(tmp_path, tiny_video)
+    path = root / "video_info.meta.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    del lines[1]["qa"][2]["answer"]
+    write_jsonl(path, lines)
+    loaded = get_benchmark("lvbench").load_items(root)
+    assert [item.id for item in loaded.items] == ["0", "1", "2", "3", "4", "5", "6", "8", "9"]
+    assert [(m.where, m.id) for m in loaded.malformed] == [(f"{path} line 2 qa 2", "7")]
 
 
 def test_media_paths_never_leave_the_root(tmp_path):
@@ -156,6 +207,9 @@ def test_duplicate_ids_and_empty_sets_are_rejected(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(AnnotationError, match="no MLVU annotations under"):
         get_benchmark("mlvu").load(tmp_path / "empty", None)
+    write_jsonl(tmp_path / "bad" / "rows.jsonl", [{"uid": "1", "question": "no options"}])
+    with pytest.raises(AnnotationError, match=r"no valid questions found \(1 malformed record\(s\), first: .*line 1"):
+        get_benchmark("lvbench").load_items(tmp_path / "bad")
 
 
 def test_dataset_ids_resolve_locally_old_and_new_org(tmp_path, monkeypatch):

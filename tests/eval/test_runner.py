@@ -1,16 +1,22 @@
-"""End-to-end runner tests: every benchmark layout, resume after a torn write, sharding, skipped videos."""
+"""End-to-end runner tests: every benchmark layout, resume after a torn write, sharding, skipped videos,
+the run folder's guard against mixing runs, and each rank's own device.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass, field
 
 import pytest
+import torch
 from evalfixtures import (
     LETTERS,
     FakeModel,
     egoschema_flash,
     egoschema_lmms_rows,
     egoschema_official,
+    fake_checkpoint,
     link_video,
     lvbench_flash,
     lvbench_lmms_rows,
@@ -25,10 +31,16 @@ from evalfixtures import (
     videomme_media,
     videomme_official,
     vstream_root,
+    write_json,
     write_jsonl,
 )
 
+from flash_vstream.distributed import DistInfo
+from flash_vstream_eval.model_api import ModelSpec, rank_device
+from flash_vstream_eval.run_folder import RunFolderError
 from flash_vstream_eval.runner import run_benchmark
+
+CPU = torch.device("cpu")
 
 CORRECT = {0, 1, 2, 5, 7}
 
@@ -143,7 +155,8 @@ def test_missing_video_is_skipped_with_reason(tmp_path, tiny_video):
     results = run_benchmark("mlvu", scripted(), root, tmp_path / "out", progress=False)
     reasons = {row["id"]: row["reason"] for row in results["skipped"]}
     assert set(reasons) == {"3", "4"}
-    assert reasons["3"].startswith("missing video") and reasons["4"].startswith("unreadable video")
+    assert reasons["3"] == "missing video: frames/v3.mp4"  # the first place a Flash-layout video is looked for
+    assert reasons["4"].startswith("unreadable video: videos/v4.mp4 (")
     assert results["metrics"]["accuracy"] == pytest.approx(100 * 5 / 8)  # 0,1,2,5,7 right of the 8 read
 
     # The user adds the missing video and mends the broken one: a rerun answers just those two.
@@ -195,23 +208,128 @@ def test_resume_after_kill_mid_write_equals_uninterrupted(tmp_path, tiny_video):
     assert len(ids) == len(set(ids)) == 10
 
 
-def test_sharded_ranks_merge_to_the_single_process_result(tmp_path, tiny_video, monkeypatch):
+def test_sharded_ranks_merge_to_the_single_process_result(tmp_path, tiny_video):
     root = lvbench_official(tmp_path / "data", tiny_video)
     single = run_benchmark("lvbench", scripted(), root, tmp_path / "single", progress=False)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    assert run_benchmark("lvbench", scripted(), root, tmp_path / "dp", progress=False) is None  # rank 0 unfinished
-    monkeypatch.setenv("RANK", "0")
-    merged = run_benchmark("lvbench", scripted(), root, tmp_path / "dp", progress=False)
-    assert merged == single
+    rank0, rank1 = scripted(), scripted()
+    out = tmp_path / "dp"
+    assert run_benchmark("lvbench", rank0, root, out, progress=False, dist=DistInfo(0, 0, 2, CPU)) is None
+    assert [c["question"].split(":")[0][-2:] for c in rank0.calls] == ["Q0", "Q2", "Q4", "Q6", "Q8"]
+    merged = run_benchmark("lvbench", rank1, root, out, progress=False, dist=DistInfo(1, 1, 2, CPU))
+    assert len(rank1.calls) == 5 and merged == single  # rank 1 finished last, so it merged
     assert single["breakdowns"]["question_type"]["reasoning"]["n"] == 7  # multi-type questions count twice
 
 
-def test_rerun_with_other_settings_is_refused(tmp_path, tiny_video):
+@dataclass(frozen=True)
+class RecordingSpec(ModelSpec):
+    """A checkpoint spec whose load records the device it was asked for and answers with a scripted model."""
+
+    devices: list = field(default_factory=list)
+
+    def load(self, device):
+        self.devices.append(device)
+        return scripted()
+
+
+def test_each_rank_loads_its_model_onto_its_own_device(tmp_path, tiny_video):
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    spec = RecordingSpec(str(fake_checkpoint(tmp_path / "ckpt")))
+    for rank in (0, 1):
+        run_benchmark("mlvu", spec, root, tmp_path / "out", progress=False,
+                      dist=DistInfo(rank, rank, 2, torch.device("cuda", rank)))
+    assert spec.devices == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    dist = DistInfo(3, 3, 4, torch.device("cuda", 3))
+    assert rank_device(None, dist) == rank_device("auto", dist) == rank_device("cuda", dist) == dist.device
+    assert rank_device("cpu", dist) == CPU
+    with pytest.raises(ValueError, match="not a device"):
+        rank_device("gpu", dist)
+
+
+def test_run_config_records_the_model_identity(tmp_path, tiny_video):
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    for i in range(10):
+        (root / "videos" / f"v{i}.mp4").unlink()  # every item is skipped, so no model is loaded
+    ckpt = fake_checkpoint(tmp_path / "ckpt")
+    spec = ModelSpec(str(ckpt), dtype="float16", options={"rope_mode": "reference"})
+    results = run_benchmark("mlvu", spec, root, tmp_path / "out", limit=4, max_new_tokens=7, progress=False)
+    assert results["counts"]["skipped"] == 4
+    config = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert config["model"] == {
+        "resolved": str(ckpt.resolve()),
+        "config_sha256": hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest(),
+        "family": "flash",
+        "options": {"rope_mode": "reference"},
+        "dtype": "float16",
+    }
+    assert config["model_given"] == str(ckpt) and config["max_new_tokens"] == 7 and config["profile"] == "flash-vstream"
+    assert config["limit"] == 4 and config["data_root"] == str(root.resolve())
+
+
+def test_rerun_with_another_model_is_refused_then_overwrite_starts_fresh(tmp_path, tiny_video, monkeypatch):
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    first = RecordingSpec(str(fake_checkpoint(tmp_path / "a")))
+    before = run_benchmark("mlvu", first, root, tmp_path / "out", progress=False, dist=DistInfo(0, 0, 1, CPU))
+    assert before["metrics"]["accuracy"] == 50.0
+    results_file = (tmp_path / "out" / "results.json").read_text()
+    # Another checkpoint (its config.json differs) into the same folder: refused, nothing touched.
+    other = fake_checkpoint(tmp_path / "b", extra={"hidden_size": 64})
+    with pytest.raises(RunFolderError, match=r"model.resolved: .*/a' -> .*/b'; model.config_sha256") as err:
+        run_benchmark("mlvu", ModelSpec(str(other)), root, tmp_path / "out", progress=False)
+    assert "--overwrite" in str(err.value) and "new --out" in str(err.value)
+    assert (tmp_path / "out" / "results.json").read_text() == results_file
+    # Same checkpoint, other options or generation budget: refused too, naming what differs.
+    with pytest.raises(RunFolderError, match=r"model.options: \{\} -> \{'rope_mode': 'reference'\}"):
+        run_benchmark("mlvu", ModelSpec(first.name_or_path, options={"rope_mode": "reference"}), root,
+                      tmp_path / "out", progress=False)
+    with pytest.raises(RunFolderError, match=r"max_new_tokens: 128 -> 5"):
+        run_benchmark("mlvu", first, root, tmp_path / "out", max_new_tokens=5, progress=False)
+    # The same checkpoint spelled differently (a relative path) resumes: nothing is asked again.
+    same = RecordingSpec(str((tmp_path / "a").relative_to(tmp_path.parent)))
+    monkeypatch.chdir(tmp_path.parent)
+    assert run_benchmark("mlvu", same, root, tmp_path / "out", progress=False) == before
+    assert same.devices == []
+    # --overwrite: the old files move aside, the new model answers every question.
+    newer = RecordingSpec(str(other))
+    fresh = run_benchmark("mlvu", newer, root, tmp_path / "out", overwrite=True, progress=False)
+    assert newer.devices == [CPU] and fresh["counts"]["scored"] == 10
+    (aside,) = (tmp_path / "out").glob("overwritten-*")
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "predictions.jsonl", "predictions.rank0-of-1.jsonl", "results.json", "results.md", "run_config.json"]
+    assert (aside / "results.json").read_text() == results_file
+    config = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert config["model"]["resolved"] == str(other.resolve())
+
+
+def test_rerun_with_other_settings_or_unknown_predictions_is_refused(tmp_path, tiny_video):
     root = mlvu_flash(tmp_path / "data", tiny_video)
     run_benchmark("mlvu", scripted(), root, tmp_path / "out", limit=2, progress=False)
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(RunFolderError, match=r"profile: 'flash-vstream' -> 'official'"):
         run_benchmark("mlvu", scripted(), root, tmp_path / "out", "official", limit=2, progress=False)
+    (tmp_path / "out" / "run_config.json").unlink()  # predictions whose origin is unknown
+    with pytest.raises(RunFolderError, match="predictions but no run_config.json"):
+        run_benchmark("mlvu", scripted(), root, tmp_path / "out", limit=2, progress=False)
+
+
+def test_a_broken_video_shared_by_questions_is_decoded_once(tmp_path, tiny_video):
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    rows = json.loads((root / "test_qa.json").read_text())
+    for row in rows[:6]:
+        row["video_id"] = "shared.mp4"
+    write_json(root / "test_qa.json", rows)
+    (root / "videos" / "shared.mp4").write_bytes(b"not a video")
+    from flash_vstream.video import read_video
+
+    opened = []
+
+    def reader(path, **kwargs):
+        opened.append(path.name)
+        return read_video(path, **kwargs)
+
+    results = run_benchmark("mlvu", scripted(), root, tmp_path / "out", reader=reader, progress=False)
+    assert opened.count("shared.mp4") == 1 and len(opened) == 5
+    assert results["counts"]["skipped"] == 6
+    assert {row["video"] for row in results["skipped"]} == {"videos/shared.mp4"}
+    assert all(row["reason"].startswith("unreadable video: videos/shared.mp4 (") for row in results["skipped"])
 
 
 def test_vstream_offline_with_judge(tmp_path, tiny_video):
