@@ -72,7 +72,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_model_arguments(run)
     run.add_argument(
-        "--max-new-tokens", type=_positive_int, default=None, help="generation budget (default: the profile's, 16)"
+        "--max-new-tokens", type=_positive_int, default=None, help="generation budget (default: the profile's)"
     )
     run.add_argument("--data", required=True, type=Path, help="benchmark data root (annotations + media)")
     run.add_argument("--out", required=True, type=Path, help="run folder; reuse it (same flags) to resume")

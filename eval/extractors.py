@@ -1,7 +1,7 @@
 """Answer extraction: from a model's reply to an option letter, one function per published rule.
 
-Each function restates a rule described in ``reference/benchmarks-and-ecosystem.md`` §1 (own code, not a
-copy):
+Each function restates one benchmark's or toolkit's published answer-reading rule in our own code (nothing is
+copied):
 
 * `first_letter` - Flash-VStream-Qwen ``extract_answer``: the first capital ``[A-E]`` anywhere in the reply.
   Where the published code picks a *random* letter when none is found, we use `fallback_letter`, a

@@ -1,8 +1,7 @@
 """Append-only, crash-safe predictions files (one JSON object per line).
 
 Each finished item is written as one line, flushed and fsynced before the next item starts, so a ``kill -9``
-loses at most the item in flight. On reopening, a torn last line (a write cut short) is cut off the file,
-which
+loses at most the item in flight. On reopening, a torn last line (a write cut short) is cut off the file, which
 then holds only whole records; finished ids are skipped on a rerun, so no item is ever written twice.
 """
 

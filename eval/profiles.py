@@ -1,7 +1,7 @@
 """Scoring profiles: named bundles of prompt, frame plan, answer extraction and aggregation per benchmark.
 
-* ``flash-vstream`` - the published Flash-VStream-Qwen evaluation (``reference/flash-vstream.md`` §10): its
-  prompt, the "Best option: (" assistant prefix, the first ``[A-E]`` letter of the reply, overall plus
+* ``flash-vstream`` - the published Flash-VStream-Qwen evaluation scripts: its prompt, the "Best option: ("
+  assistant prefix, the first ``[A-E]`` letter of the reply, overall plus
   per-category accuracy; 1 fps frames (at least 4), at most 240 spread uniformly; Video-MME subtitles picked
   at 180 uniform frames. Where no letter is found the published code guesses at random; we guess
   deterministically from a hash of the item id (`extractors.fallback_letter`) and report the fallback rate.

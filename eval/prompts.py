@@ -1,11 +1,11 @@
 """Prompt text per scoring profile and benchmark family; every string here is pinned by a snapshot test.
 
-A prompt function takes an `Item` and the selected subtitle text (Video-MME with subtitles; ``None``
-otherwise)
+A prompt function takes an `Item` and the selected subtitle text (Video-MME with subtitles; ``None`` otherwise)
 and returns the user text handed to the model; the assistant prefix (e.g. "Best option: (") is separate (see
 `flash_vstream_eval.profiles`). The models' interface has a single text input, so where an official protocol
-uses a system message (MLVU, MVBench) it is prepended to the user text. Sources of each wording:
-``reference/benchmarks-and-ecosystem.md`` §1 and ``reference/flash-vstream.md`` §10.
+uses a system message (MLVU, MVBench) it is prepended to the user text. Each wording is the one its source
+uses: the Flash-VStream-Qwen evaluation scripts, each benchmark's official evaluation code, and lmms-eval's
+task definitions.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flash_vstream_eval.benchmarks import Benchmark, get_benchmark
 from flash_vstream_eval.items import AnnotationError, Item, MalformedRecord, safe_join
@@ -29,6 +29,11 @@ from flash_vstream_eval.report import atomic_write, write_results
 from flash_vstream_eval.run_folder import prepare_run_folder
 from flash_vstream_eval.scoring import Judge, malformed_rows, score_records, skipped_rows, submission_files
 from flash_vstream_eval.subtitles import read_srt, select_subtitles, uniform_timestamps
+
+if TYPE_CHECKING:
+    import torch
+
+    from flash_vstream.distributed import DistInfo
 
 __all__ = ["run_benchmark"]
 
@@ -203,8 +208,17 @@ def _as_model(model: Any) -> Any:
     return model
 
 
-def _run_config(spec: Benchmark, prof: Profile, rules: Rules, root: Path, limit: int | None,
-                annotations: str | None, model: Any, device: Any, world_size: int) -> dict[str, Any]:
+def _run_config(
+    spec: Benchmark,
+    prof: Profile,
+    rules: Rules,
+    root: Path,
+    limit: int | None,
+    annotations: str | None,
+    model: Any,
+    device: torch.device,
+    world_size: int,
+) -> dict[str, Any]:
     """What this run is (see `run_folder`): compared with the folder's ``run_config.json`` before anything runs."""
     return {
         "benchmark": spec.name,
@@ -235,7 +249,7 @@ def run_benchmark(
     max_new_tokens: int | None = None,
     overwrite: bool = False,
     strict: bool = False,
-    dist: Any = None,
+    dist: DistInfo | None = None,
 ) -> dict[str, Any] | None:
     """Evaluate ``model`` on a benchmark, resumably; return the results (``None`` on ranks that do not merge).
 

@@ -2,8 +2,8 @@
 
 Both lmms-eval and Flash-VStream keep a subtitle line when one of a set of uniformly sampled frames falls in
 its ``[start, end)`` interval, and take the text inside ``<font color="white" size=".72c">...</font>`` tags
-(``reference/benchmarks-and-ecosystem.md`` §1.5). Lines without a font tag keep their plain text with any
-other tags removed, so ordinary SRT files work too.
+(the form Video-MME's SRT files use). Lines without a font tag keep their plain text with any other tags
+removed, so ordinary SRT files work too.
 """
 
 from __future__ import annotations

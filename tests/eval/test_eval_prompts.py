@@ -1,4 +1,4 @@
-"""Prompt snapshots: the exact text every profile sends for every benchmark (written out by hand from §1)."""
+"""Prompt snapshots: the exact text every profile sends for every benchmark, written out by hand from each source."""
 
 from __future__ import annotations
 

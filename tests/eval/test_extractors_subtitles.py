@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from flash_vstream_eval import extractors as ex
@@ -15,10 +17,16 @@ def test_first_letter(reply, letter):
     assert ex.first_letter(reply) == letter
 
 
-def test_fallback_letter_is_deterministic_and_in_range():
-    letters = [ex.fallback_letter(str(i), 4) for i in range(200)]
-    assert letters == [ex.fallback_letter(str(i), 4) for i in range(200)]
-    assert set(letters) == set("ABCD")
+def test_fallback_letter_is_the_hash_of_the_id():
+    # Restated: the first 8 bytes of sha256(id), big-endian, modulo the option count, as a letter.
+    def by_hand(item_id, n):
+        return "ABCDEFGH"[int(hashlib.sha256(item_id.encode()).hexdigest()[:16], 16) % n]
+
+    for n in (1, 2, 4, 5, 8):
+        letters = [ex.fallback_letter(f"uid{i}", n) for i in range(200)]
+        assert letters == [by_hand(f"uid{i}", n) for i in range(200)]
+        assert set(letters) == set("ABCDEFGH"[:n])  # every option is reachable
+    assert ex.fallback_letter("2", 4) == "C"  # sha256(b"2") starts d4735e3a265e16ee, which is 2 mod 4
 
 
 @pytest.mark.parametrize(("reply", "letter"), [
