@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 import torch
-from benchlib import environment, peak_gib, report, spread, sync, time_calls, time_repeats
+from benchlib import environment, launch_overhead_us, peak_gib, report, spread, sync, time_calls, time_repeats
 from transformers import DynamicCache, Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VisionTransformerPretrainedModel,
@@ -192,7 +192,8 @@ def main() -> None:
     with torch.device(device):
         tower = Qwen2VisionTransformerPretrainedModel(Qwen2VLVisionConfig(**vision)).to(dtype).eval()
     memory = FlashMemory(FlashMemoryConfig(bank_size=120, bank_device="cpu"))
-    results = {"environment": environment(device), "dtype": str(dtype)}
+    results = {"environment": environment(device), "launch_overhead_us": launch_overhead_us(device),
+               "dtype": str(dtype)}
     with torch.inference_mode():
         sizes = ((448, 448), (720, 1280))
         results["offline"] = [offline(tower, memory, device, h, w, frames, repeats) for h, w in sizes]

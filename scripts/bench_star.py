@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from benchlib import environment, peak_gib, report, spread, sync, time_calls, time_repeats
+from benchlib import environment, launch_overhead_us, peak_gib, report, spread, sync, time_calls, time_repeats
 from transformers import LlamaConfig
 
 from flash_vstream.config import FlashVStreamConfig
@@ -179,7 +179,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(device, dtype, args.tiny)
     attention = model.language_model.config._attn_implementation
-    results = {"environment": environment(device), "dtype": str(dtype), "attention": attention}
+    results = {"environment": environment(device), "launch_overhead_us": launch_overhead_us(device),
+               "dtype": str(dtype), "attention": attention}
     with torch.inference_mode():
         results["clip"] = bench_clip(model, device, dtype, batches, min(repeats, 10))
         results["streaming"] = bench_streaming(model, device, dtype, checkpoints, repeats)

@@ -83,6 +83,17 @@ def environment(device: torch.device) -> dict[str, str]:
     }
 
 
+def launch_overhead_us(device: torch.device, launches: int = 2000, repeats: int = 5) -> dict[str, float | int]:
+    """Microseconds per tiny in-place kernel (``x.add_(1)`` on one element), the host-side cost of a launch.
+
+    Small-kernel paths (a memory update, decoding one token) are bound by this rather than by the GPU, so it
+    tells whether two runs on different hosts can be compared.
+    """
+    x = torch.zeros(1, device=device)
+    times = time_repeats(lambda: [x.add_(1) for _ in range(launches)], repeats, device, warmup=1)
+    return spread([t / launches for t in times], scale=1e6)
+
+
 def peak_gib(device: torch.device) -> float | None:
     """Peak GPU memory allocated by this process so far, in GiB (``None`` on the CPU)."""
     if device.type != "cuda":
