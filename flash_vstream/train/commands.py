@@ -132,19 +132,21 @@ def check_data(data, media_root, budget, *, max_length: int, strict: bool = Fals
         lengths = estimate_lengths(source.selected, budget)
         every_length.extend(lengths)
         skipped = dict(sorted(source.data.skipped.items()))
-        sources.append({
-            "name": source.spec.label,
-            "path": str(source.data.path),
-            "strategy": source.spec.describe(),
-            "rows": source.data.rows,
-            "usable": len(source.data.samples),
-            "selected": len(source.selected),
-            "shortfall": source.shortfall,
-            "skipped": skipped,
-            **_length_report(lengths, max_length),
-            "issues": [str(issue) for issue in source.data.issues[:max_issues]],
-            "issues_total": len(source.data.issues),
-        })
+        sources.append(
+            {
+                "name": source.spec.label,
+                "path": str(source.data.path),
+                "strategy": source.spec.describe(),
+                "rows": source.data.rows,
+                "usable": len(source.data.samples),
+                "selected": len(source.selected),
+                "shortfall": source.shortfall,
+                "skipped": skipped,
+                **_length_report(lengths, max_length),
+                "issues": [str(issue) for issue in source.data.issues[:max_issues]],
+                "issues_total": len(source.data.issues),
+            }
+        )
     skipped_total: dict[str, int] = {}
     for source in sources:
         for reason, count in source["skipped"].items():
@@ -241,9 +243,7 @@ def render_report(report: dict) -> str:
     if many:
         total = report["total"]
         lines.append("")
-        lines.append(
-            f"total: rows {total['rows']}, usable {total['usable']}, selected {total['selected']}"
-        )
+        lines.append(f"total: rows {total['rows']}, usable {total['usable']}, selected {total['selected']}")
         lines.extend("  " + line for line in _body(total, report["max_length"]))
     return "\n".join(lines)
 

@@ -89,8 +89,7 @@ FEATURE_KEY = "feature"
 _MAX_HEADER_BYTES = 1 << 24
 
 SKIP_REASONS = {
-    "malformed": "the row breaks the record format (missing keys, wrong types, roles out of order, "
-    "placeholder count)",
+    "malformed": "the row breaks the record format (missing keys, wrong types, roles out of order, placeholder count)",
     "missing_media": "no file or folder at the medium's path under the media root",
     "unsafe_path": "the medium's path is absolute, holds '..', or leaves the media root through a symlink",
     "unknown_media": "the path exists but is neither a video, an image, a frame folder nor a .safetensors file",
@@ -515,6 +514,8 @@ def load_samples(
             (:class:`MissingMediaError` when its medium is missing), naming ``file:line`` and the fix.
     """
     path = Path(path)
+    if not path.is_file():  # before the media roots: the data file is the likelier mistake
+        raise FileNotFoundError(f"data file {path} does not exist; pass a .json or .jsonl file (or a mixture .yaml)")
     resolver = MediaResolver(media_root if media_root is not None else path.parent, image_root)
     out = SourceData(path=path, rows=0, samples=[])
     source = str(path)

@@ -528,6 +528,9 @@ _CHECKPOINT_BUDGETS: dict[str, Callable[[Path, bool], tuple[VisualBudget, str]]]
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
+    from flash_vstream.model.auto import register_auto_classes
+
+    register_auto_classes()  # so the tokenizer loader reads the family's config.json as that family's config
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
