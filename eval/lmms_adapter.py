@@ -28,7 +28,6 @@ MODEL_ID = "flash_vstream"
 CLASS_PATH = f"{__name__}.FlashVStreamLMM"
 
 _INSTALL_HINT = 'lmms-eval is not installed; on a GPU machine run `pip install "flash-vstream[lmms]"`'
-_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def manifest():
@@ -108,16 +107,20 @@ def visual_kwargs(visuals: Any, where: str) -> dict[str, Any]:
     return {"frames": flat}
 
 
-def _resolve_dtype(dtype: Any) -> Any:
-    """Map a ``--model_args`` dtype string such as ``bfloat16`` to a torch dtype; others pass through."""
-    if dtype is None or not isinstance(dtype, str) or dtype == "auto":
-        return None if dtype == "auto" else dtype
-    name = dtype.removeprefix("torch.")
-    if name not in _DTYPES:
-        raise ValueError(f"model_args dtype={dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
-    import torch
+def _check_dtype(dtype: Any) -> Any:
+    """A ``--model_args`` dtype: a name ``load_model`` knows (``bfloat16``, ``auto``, ...), a torch dtype or None.
 
-    return getattr(torch, name)
+    Raises:
+        ValueError: For another name, listing the accepted ones (before any weights are read).
+    """
+    if dtype is None or not isinstance(dtype, str):
+        return dtype
+    from flash_vstream.model.loading import DTYPES
+
+    name = dtype.removeprefix("torch.")
+    if name != "auto" and name not in DTYPES:
+        raise ValueError(f"model_args dtype={dtype!r} is not supported; use one of auto, {', '.join(DTYPES)}")
+    return name
 
 
 # --------------------------------------------------------------------------------------------- model class
@@ -131,7 +134,8 @@ class _FlashVStreamLMMImpl:
     Args:
         pretrained: Checkpoint folder or hub id, passed to ``flash_vstream.load_model``.
         device: Torch device string (default: whatever ``load_model`` picks).
-        dtype: ``float32`` | ``float16`` | ``bfloat16`` or a torch dtype; ``auto``/None: the checkpoint's.
+        dtype: ``float32`` | ``float16`` | ``bfloat16`` or a torch dtype; ``auto``: the checkpoint's saved dtype;
+            None: bf16 on GPU, fp32 on CPU.
         max_new_tokens: Used when a task's ``gen_kwargs`` has no ``max_new_tokens``.
         batch_size: Accepted for lmms-eval's CLI; requests are answered one at a time.
 
@@ -157,7 +161,7 @@ class _FlashVStreamLMMImpl:
         except ValueError:
             raise ValueError(f"model_args max_new_tokens={max_new_tokens!r} is not an integer") from None
         self.batch_size = batch_size  # lmms-eval passes it (maybe "auto"); requests go one at a time anyway
-        self.model = flash_vstream.load_model(pretrained, device=device, dtype=_resolve_dtype(dtype))
+        self.model = flash_vstream.load_model(pretrained, device=device, dtype=_check_dtype(dtype))
 
     def generate_until(self, requests: list) -> list[str]:
         """Answer each request with ``model.answer`` on its video, cut at the task's ``until`` strings.

@@ -153,7 +153,7 @@ def test_import_without_lmms_eval():
 def test_generate_until_passes_video_and_question(stub_lmms_eval, fake_load):
     model = fake_load("A red car.\nUSER: more", "B) The dog</s>junk")
     lmm = lmms_adapter.FlashVStreamLMM(pretrained="/ckpt/tiny", device="cpu", dtype="bfloat16")
-    assert fake_load.loads == [("/ckpt/tiny", "cpu", torch.bfloat16)]
+    assert fake_load.loads == [("/ckpt/tiny", "cpu", "bfloat16")]
     lmm.task_dict = DOCS
     out = lmm.generate_until([
         request("What is parked outside?", {"until": ["\nUSER:", "###"], "max_new_tokens": 32}, 0),
@@ -208,7 +208,9 @@ def test_unsupported_calls_and_arguments(stub_lmms_eval, fake_load):
     with pytest.raises(ValueError, match="max_new_tokens='many'"):
         lmms_adapter.FlashVStreamLMM(pretrained="p", max_new_tokens="many")
     lmm = lmms_adapter.FlashVStreamLMM(pretrained="p", batch_size="auto", dtype="auto")
-    assert fake_load.loads[-1] == ("p", None, None)
+    assert fake_load.loads[-1] == ("p", None, "auto")  # load_model reads "auto" as the checkpoint's saved dtype
+    lmms_adapter.FlashVStreamLMM(pretrained="p", dtype=torch.float16)
+    assert fake_load.loads[-1] == ("p", None, torch.float16)
     with pytest.raises(NotImplementedError, match="log-likelihood"):
         lmm.loglikelihood([])
     with pytest.raises(NotImplementedError, match="multi-round"):
