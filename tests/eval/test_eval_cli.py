@@ -259,6 +259,23 @@ def test_model_flag_errors_are_one_line_and_nothing_is_written(tmp_path, tiny_vi
     assert not (tmp_path / "out" / "run_config.json").exists()
 
 
+def test_config_preset_merges_under_option_and_is_recorded(tmp_path, tiny_video, capsys):
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    for i in range(10):
+        (root / "videos" / f"v{i}.mp4").unlink()  # nothing to answer: no model is loaded
+    preset = tmp_path / "flash.yaml"
+    preset.write_text("family: flash\noptions:\n  rope_mode: paper\n  fidelity: reference\n")
+    argv = ["run", "--benchmark", "mlvu", "--model", str(fake_checkpoint(tmp_path / "ckpt")), "--data", str(root),
+            "--out", str(tmp_path / "out"), "--config", str(preset), "--option", "rope_mode=reference",
+            "--dtype", "auto", "--device", "cpu", "--no-progress"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0 and out.startswith("mlvu [flash-vstream]: accuracy - (n=0, skipped 10: missing video)\n")
+    assert err.splitlines()[0] == "warning: missing video: frames/v0.mp4; 1 question skipped"
+    model = json.loads((tmp_path / "out" / "run_config.json").read_text())["model"]
+    assert model["family"] == "flash" and model["dtype"] == "float32"  # auto: the config.json names no dtype
+    assert model["options"] == {"fidelity": "reference", "rope_mode": "reference"}  # --option overrides the preset
+
+
 @pytest.fixture(scope="module")
 def tiny_flash(tmp_path_factory):
     from flash_vstream.model.tiny_qwen2vl import make_tiny_flash

@@ -200,6 +200,15 @@ def test_connection_error_is_retried_then_fails_naming_the_url_and_the_fix():
     assert KEY not in message
 
 
+def test_dns_failure_is_unreachable_too():
+    judge = OpenAIJudge("http://judge.invalid/v1", "judge-x", KEY, timeout=5, max_retries=1, backoff=0.1)
+    judge._sleep = lambda seconds: None
+    with pytest.raises(JudgeUnreachableError, match=r"cannot reach the judge at http://judge.invalid/v1 \(.*\) after "
+                       r"2 attempts; check --judge-base-url / FLASH_VSTREAM_JUDGE_BASE_URL"):
+        judge("q", "a", "p")
+    assert judge.http_calls == 2
+
+
 @pytest.mark.parametrize(
     "reply, expected",
     [
