@@ -242,7 +242,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, object]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist; pass a .json or .jsonl file (or a mixture .yaml)")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     start = _WS.match(text).end()
     if text.startswith("[", start):
         yield from _json_array(text, start, path)

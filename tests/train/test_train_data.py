@@ -354,3 +354,20 @@ def test_the_same_medium_is_resolved_once(tmp_path):
     write_image(tmp_path / "a.jpg")
     data = load_samples(tmp_path / "d.json", tmp_path)
     assert len({id(s.media[0]) for s in data.samples}) == 1  # one cached Media object
+
+
+def test_samples_survive_pickling_for_data_loader_workers(tmp_path):
+    import pickle
+
+    root = qwen_tree(tmp_path)
+    samples = load_samples(root / "trainset.json", root / "frames").samples
+    assert pickle.loads(pickle.dumps(samples)) == samples
+
+
+def test_a_byte_order_mark_and_windows_line_ends_are_tolerated(tmp_path):
+    write_image(tmp_path / "a.jpg")
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(("\ufeff" + json.dumps(qa(image="a.jpg")) + "\r\n" + json.dumps(qa()) + "\r\n").encode())
+    data = load_samples(path, tmp_path)
+    assert [s.line for s in data.samples] == [1] and dict(data.skipped) == {"malformed": 1}
+    assert data.issues[0].line == 2  # text-only row with a placeholder
