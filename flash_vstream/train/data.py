@@ -405,6 +405,7 @@ class MediaResolver:
             if not os.path.isdir(real):
                 raise FileNotFoundError(f"media root {value} is not a folder; pass the folder the rows' paths start in")
             self.roots[key] = real
+        self._prefixes = {real: os.path.join(real, "") for real in self.roots.values()}  # "root/" ("/" for "/")
         self._cache: dict[tuple[str, str], Media | _Skip] = {}
 
     def resolve(self, value: str, key: str = "video") -> Media:
@@ -439,7 +440,7 @@ class MediaResolver:
             candidates.append((stem, "dir"))
         for candidate, need in candidates:
             real = os.path.realpath(os.path.join(root, candidate))
-            if real != root and not real.startswith(root + os.sep):
+            if real != root and not real.startswith(self._prefixes[root]):
                 raise _Skip("unsafe_path", f"media path {value!r} leaves the media root {root} through a symlink")
             is_dir = os.path.isdir(real)
             if (need == "dir" and not is_dir) or (need == "file" and not os.path.isfile(real)):
@@ -447,7 +448,9 @@ class MediaResolver:
             if is_dir:
                 return self._frames(real, value)
             if os.path.isfile(real):
-                return self._file(real, value)
+                # The kind comes from the name in the row's folder, not from a symlink's target: content-addressed
+                # stores (the Hugging Face cache) link "clip.mp4" to a blob without a suffix.
+                return self._file(real, os.path.splitext(candidate)[1].lower(), value)
         tried = ", ".join(repr(c) for c, _ in candidates)
         raise _Skip("missing_media", f"medium {value!r} not found under {root} (tried {tried})")
 
@@ -459,8 +462,7 @@ class MediaResolver:
         return Media("frames", Path(real), num_frames=count)
 
     @staticmethod
-    def _file(real: str, value: str) -> Media:
-        suffix = os.path.splitext(real)[1].lower()
+    def _file(real: str, suffix: str, value: str) -> Media:
         if suffix in VIDEO_EXTENSIONS:
             return Media("video", Path(real))
         if suffix in IMAGE_EXTENSIONS:

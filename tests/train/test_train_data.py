@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -347,6 +348,15 @@ def test_feature_shape_comes_from_the_header_alone(tmp_path):
     assert data.samples[0].media[0].num_frames == 1800
     with pytest.raises(UnusableMediaError, match="expected a 2-D or 3-D non-empty tensor 'feature'"):
         read_feature_shape(write_features(tmp_path / "flat.safetensors", (7,)))
+
+
+def test_a_symlink_to_a_suffixless_blob_keeps_the_kind_of_its_name(tmp_path):
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    shutil.copy(ASSET_VIDEO, blobs / "3f9a0c")
+    (tmp_path / "clip.mp4").symlink_to(blobs / "3f9a0c")
+    data = load_samples(rows_file(tmp_path, [qa(video="clip.mp4")]), tmp_path)
+    assert data.samples[0].media == (Media("video", (blobs / "3f9a0c").resolve()),)
 
 
 def test_the_same_medium_is_resolved_once(tmp_path):
