@@ -67,7 +67,8 @@ def _visual_embeddings(model, inputs) -> torch.Tensor:
 
 
 def _relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours.float().cpu() - reference).norm() / reference.norm())
+    ours, reference = ours.detach().float().cpu(), reference.detach()
+    return float((ours - reference).norm() / reference.norm())
 
 
 def compare_with_cpu(path: Path, device: str, dtype: torch.dtype, **options) -> None:
@@ -126,8 +127,12 @@ def _tiny_star(retrieval: str):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_features_reach_a_cuda_model(dtype, exact_fp32):
+    # 26 frames = 25 history frames for 25 clusters: the k-means keeps every frame, so each retrieved frame is at
+    # distance 0 from its centroid and no rounding difference can change the pick. Longer clips make the
+    # heaviest clusters 2-frame means, whose two frames are equally near in exact arithmetic (rounding decides,
+    # device by device); the test below covers them for the default retrieval.
     model = _tiny_star("paper")
-    features = torch.randn(30, 256, 32)  # long enough for every memory component
+    features = torch.randn(26, 256, 32)
     expected = model.visual_tokens(features=[features])
     tokens = model.to("cuda", dtype).visual_tokens(features=[features])
     assert tokens.device.type == "cuda" and tokens.dtype == dtype and tokens.shape == expected.shape
