@@ -27,7 +27,7 @@ def small_memory(csm: int = 6, dam: int = 3, **kw) -> FlashMemory:
 
 
 def slow_ordered_weighted_kmeans(x, k, weights, times, iters=10, tol=1e-4, seed=0):
-    """Published ``weighted_kmeans_ordered_feature`` (§7.5), with the shared seeded init; loops, sqrt distances."""
+    """Published ``weighted_kmeans_ordered_feature``, with the shared seeded init; loops, sqrt distances."""
     n = x.shape[0]
     centroids = x[kmeans_init_indices(x, k, seed)].clone()
     labels = [0] * n

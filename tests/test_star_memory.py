@@ -47,7 +47,10 @@ def naive_pool(x, size):
 
 
 def literal_abstract(tokens, slots, ratio, attention):
-    """§2.5 literally: M = X[:T0]; per chunk M <- M (1 - sum A) + A C; A = r softmax(q(M) k(C)^T / sqrt)."""
+    """The published semantic-attention update, literally.
+
+    M = X[:T0]; per chunk M <- M (1 - sum A) + A C; A = r softmax(q(M) k(C)^T / sqrt).
+    """
     as_np = lambda t: t.detach().double().numpy()  # noqa: E731
     wq, bq = as_np(attention.q_proj.weight), as_np(attention.q_proj.bias)
     wk, bk = as_np(attention.k_proj.weight), as_np(attention.k_proj.bias)
