@@ -10,6 +10,11 @@ Templates, as the released model was trained with them:
 
 ``<image>`` in the rendered text is replaced, at tokenization, by as many placeholder ids as the memory yields
 visual tokens, so the model can splice them one-to-one.
+
+The separators are constants here (:data:`VICUNA_ROLES`, :data:`VICUNA_SEP`, :data:`VICUNA_SEP2`,
+:data:`PLAIN_SEP`) because training renders whole multi-turn dialogues with the same strings
+(:mod:`flash_vstream.train.templates`): a prompt built here is, token for token, the start of the training
+sequence of the same dialogue.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+VICUNA_ROLES = ("USER", "ASSISTANT")
+"""Role names of ``vicuna_v1``; a turn is ``"{role}: {text}"``."""
+VICUNA_SEP = " "
+"""``vicuna_v1``: after the system prompt and after every user turn."""
+VICUNA_SEP2 = "</s>"
+"""``vicuna_v1``: after every assistant turn (LLaMA's end-of-sequence token)."""
+PLAIN_SEP = "\n"
+"""``plain``: after the caption."""
 
 
 @dataclass
@@ -51,13 +64,14 @@ def render_prompt(template: str, question: str, tokenizer, answer: str | None = 
         ValueError: for an unknown template, or ``chat_template`` with a tokenizer that has none.
     """
     if template == "vicuna_v1":
-        prompt = f"{VICUNA_SYSTEM} USER: {IMAGE_MARKER}\n{question} ASSISTANT:"
+        user, assistant = VICUNA_ROLES
+        prompt = f"{VICUNA_SYSTEM}{VICUNA_SEP}{user}: {IMAGE_MARKER}\n{question}{VICUNA_SEP}{assistant}:"
         if assistant_prefix:
             prompt += " " + assistant_prefix
-        target = "" if answer is None else f" {answer}</s>"
+        target = "" if answer is None else f" {answer}{VICUNA_SEP2}"
         return PromptParts(prompt, target)
     if template == "plain":
-        return PromptParts(IMAGE_MARKER + assistant_prefix, "" if answer is None else f"{answer}\n")
+        return PromptParts(IMAGE_MARKER + assistant_prefix, "" if answer is None else f"{answer}{PLAIN_SEP}")
     if template == "chat_template":
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
