@@ -46,7 +46,7 @@ per batch); ``plain`` takes one exchange; Flash takes no features. Media that fa
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -154,12 +154,14 @@ class SampleEncoder:
                 "extract features for every source (flash-vstream extract-features) or read every source's videos"
             )
 
-    def _finish(self, sample: Sample, ids: list[int], labels: list[int], visual: torch.Tensor) -> tuple:
-        """Cut ``ids``/``labels`` to ``max_length`` after the last visual token; returns int64 tensors."""
+    def _finish(
+        self, sample: Sample, ids: list[int], labels: list[int], is_visual: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ids``/``labels`` as int64 tensors, cut to ``max_length`` (never before the last visual token)."""
         ids_t, labels_t = torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
         if len(ids) <= self.max_length:
             return ids_t, labels_t
-        positions = visual(ids_t).nonzero()
+        positions = is_visual(ids_t).nonzero()
         visual_end = int(positions[-1]) + 1 if len(positions) else 0
         if visual_end > self.max_length:
             raise SampleTooLongError(
