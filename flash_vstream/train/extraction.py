@@ -108,30 +108,31 @@ def plan_extraction(
     Args:
         data: a JSON/JSONL data file or a mixture YAML.
         media_root: the data root (media paths of a data file, and every relative path of a mixture, start in it).
-        out: the features folder; it must not be the data root or a media root (a row path there would resolve to
-            the medium itself before its features).
+        out: the features folder; it must not be the data root (features beside their media are never read: a row
+            path resolves to the medium itself first).
         strict: raise on the first unusable row instead of counting it.
 
     Raises:
         FileNotFoundError: for a missing data file or media root.
-        ValueError: for an ``out`` that is a media root, a media root outside the data root, or (``strict``) the first
+        ValueError: for an ``out`` that is the data root, a media root outside the data root, or (``strict``) the first
             unusable row.
     """
     loaded = load_mixture(data, media_root, strict=strict)
-    root = os.path.realpath(media_root)
+    root = os.path.abspath(media_root)  # not resolved: a media root may be a symlink to another disk
     out = Path(os.path.abspath(out))
     plan = ExtractionPlan(out=out, jobs=[])
     by_target: dict[Path, FeatureJob] = {}
     collided: dict[Path, list[str]] = {}
     for index, source in enumerate(loaded.sources):
         roots = _source_roots(loaded, index, Path(root))
-        for folder in set(roots.values()):
-            if os.path.realpath(out) == folder:
-                raise ValueError(
-                    f"--out {out} is the media root {folder}: there a row path resolves to the medium itself before "
-                    "its .safetensors; pass another --out (e.g. a features folder beside the media)"
-                )
         rel = {key: _relative_root(folder, root, source.spec.label) for key, folder in roots.items()}
+        for key, folder in roots.items():
+            if os.path.realpath(out / rel[key]) == os.path.realpath(folder):
+                raise ValueError(
+                    f"--out {out} would put features beside the media of {folder}, where a row path resolves to the "
+                    "medium itself before its .safetensors; pass another --out (e.g. a features folder beside the "
+                    "media root)"
+                )
         plan.rows += source.data.rows
         plan.samples += len(source.selected)
         plan.skipped_rows.update(source.data.skipped)
@@ -151,12 +152,12 @@ def plan_extraction(
 
 
 def _source_roots(loaded: LoadedMixture, index: int, root: Path) -> dict[str, str]:
-    """Real media roots of source ``index`` by row key kind, as :func:`load_mixture` resolves them."""
+    """Media roots of source ``index`` by row key kind, as :func:`load_mixture` finds them (absolute, unresolved)."""
     spec = loaded.sources[index].spec
     media = root / spec.media_root if spec.media_root is not None else root
     video = root / spec.video_root if spec.video_root is not None else media
     image = root / spec.image_root if spec.image_root is not None else media
-    return {"video": os.path.realpath(video), "image": os.path.realpath(image)}
+    return {"video": os.path.abspath(video), "image": os.path.abspath(image)}
 
 
 def _relative_root(folder: str, root: str, label: str) -> str:
@@ -164,7 +165,8 @@ def _relative_root(folder: str, root: str, label: str) -> str:
     if rel == os.pardir or rel.startswith(os.pardir + os.sep):
         raise ValueError(
             f"source {label!r} reads media from {folder}, outside the data root {root}, so its features have no "
-            "place under --out; extract that source on its own with --media-root set to its media folder"
+            "place under --out; write its roots relative to the data root, or extract that source on its own with "
+            "--media-root set to its media folder"
         )
     return rel
 
@@ -381,12 +383,12 @@ def write_features_mixture(data: str | Path, media_root: str | Path, out: Path) 
     if data.suffix.lower() not in MIXTURE_SUFFIXES:
         return None
     mixture = yaml.safe_load(data.read_text())
-    root = os.path.realpath(media_root)
+    root = os.path.abspath(media_root)
     for source in mixture["sources"]:
-        source["path"] = os.path.abspath(os.path.join(media_root, source["path"]))
+        source["path"] = os.path.abspath(os.path.join(root, source["path"]))
         for key in _ROOT_KEYS:  # relative to the data root, so they name the mirrored folders under ``out``
             if source.get(key) is not None:
-                source[key] = os.path.relpath(os.path.realpath(os.path.join(media_root, source[key])), root)
+                source[key] = os.path.relpath(os.path.abspath(os.path.join(root, source[key])), root)
     target = out / data.name
     if target.resolve() == data.resolve():
         raise ValueError(f"--data {data} lies in --out; keep the mixture outside the features folder")

@@ -251,10 +251,36 @@ def test_mixture_output_mirrors_the_data_root(tmp_path, checkpoint):
     assert (out / "mix.yaml").read_text().startswith(f"# flash-vstream data check --data {out / 'mix.yaml'}")
 
 
-def test_out_must_not_be_the_media_root(tree, checkpoint):
-    with pytest.raises(ValueError, match="is the media root"):
+def test_out_must_not_be_the_data_root(tree, checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="beside the media of"):
         extract(["--data", str(tree), "--media-root", str(tree.parent / "media"),
                  "--out", str(tree.parent / "media"), "--model", str(checkpoint)])  # fmt: skip
+    # A mixture reading media from a sub-folder of the data root: --out at the data root mirrors it onto itself.
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text(f"sources:\n  - {{path: {tree}, media_root: media}}\n")
+    with pytest.raises(ValueError, match="beside the media of"):
+        extract(["--data", str(mixture), "--media-root", str(tree.parent), "--out", str(tree.parent),
+                 "--model", str(checkpoint)])  # fmt: skip
+    # A media root outside the data root has no place under --out.
+    outside = tmp_path / "outside.yaml"
+    outside.write_text(f"sources:\n  - {{path: {tree}, media_root: ..}}\n")
+    with pytest.raises(ValueError, match="outside the data root"):
+        extract(["--data", str(outside), "--media-root", str(tree.parent / "media" / "videos"),
+                 "--out", str(tmp_path / "out"), "--model", str(checkpoint)])  # fmt: skip
+
+
+def test_a_symlinked_media_root_is_mirrored_by_its_name(tree, checkpoint, tmp_path):
+    """``data/media -> /elsewhere``: the features go to OUT/media/..., where the same mixture finds them."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "media").symlink_to(tree.parent / "media")
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text(f"sources:\n  - {{path: {tree}, media_root: media}}\n")
+    out = tmp_path / "out"
+    assert extract(["--data", str(mixture), "--media-root", str(tmp_path / "data"), "--out", str(out),
+                    "--model", str(checkpoint)]) == 1  # fmt: skip
+    assert (out / "media" / "videos" / "a.safetensors").is_file()
+    kinds = {m.kind for s in load_mixture(out / "mix.yaml").samples for m in s.media}
+    assert kinds == {"features"}
 
 
 def test_aspect_ratio_comes_from_the_model(tree, checkpoint, tmp_path):
