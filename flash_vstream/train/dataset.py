@@ -102,9 +102,14 @@ class SampleEncoder:
     mixed_kinds_ok: bool = True
     """Whether one dataset may mix visual input kinds (features and frames)."""
 
-    def __init__(self, max_length: int):
+    def __init__(self, max_length: int, tokenizer):
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                f"training needs a fast tokenizer (token offsets locate the labels); {type(tokenizer).__name__} is "
+                "not one: load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+            )
         self.max_length = max_length
         self.truncated = 0
         """Samples cut to ``max_length`` so far (in this process)."""
@@ -222,7 +227,7 @@ class StarSampleEncoder(SampleEncoder):
         from flash_vstream.memory.star import StarMemory
         from flash_vstream.vision.clip import CLIPFrameProcessor
 
-        super().__init__(max_length)
+        super().__init__(max_length, tokenizer)
         template = template or config.conv_template
         if template not in STAR_TEMPLATES:
             raise ValueError(f"template must be one of {STAR_TEMPLATES} for the STAR family, got {template!r}")
@@ -302,7 +307,7 @@ class FlashSampleEncoder(SampleEncoder):
     template = "chat_template"
 
     def __init__(self, builder, *, max_length: int, sampler=None, frames_fps: float = 1.0):
-        super().__init__(max_length)
+        super().__init__(max_length, builder.tokenizer)
         self.builder, self.tokenizer = builder, builder.tokenizer
         self.sampler, self.frames_fps = _sampler("flash", sampler), frames_fps
         self.video_id = self.tokenizer.convert_tokens_to_ids(builder.video_token)

@@ -73,6 +73,10 @@ def test_bad_arguments_are_refused(star_llama, flash):
         sample_encoder_for(*star_llama, max_length=0)
     with pytest.raises(ValueError, match="SamplerPreset"):
         sample_encoder_for(*star_llama, max_length=64, sampler="fps")
+    with pytest.raises(ValueError, match="fast tokenizer"):
+        sample_encoder_for(star_llama[0], SimpleNamespace(is_fast=False), max_length=64)
+    with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
+        sample_encoder_for(star_llama[0], star_llama[1], template="chat_template", max_length=64)
 
 
 def test_building_an_encoder_leaves_the_random_state_alone(star_llama):
