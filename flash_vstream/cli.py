@@ -5,7 +5,10 @@ Subcommands:
 - ``ask --model M (--video V | --image I) "question" [--json]``: answer a question about a video or an image;
 - ``make-tiny --variant VARIANT --out DIR [--force]``: write a tiny random checkpoint (variants come from the
   family registry);
-- ``data check --data FILE|MIXTURE.yaml --media-root DIR``: check training data (``flash_vstream.train``);
+- ``stream --model M --source S``: answer questions about a live stream as it plays;
+- ``train --config FILE [KEY=VALUE ...]``: a training run (HF Trainer; torchrun and deepspeed launchers);
+- ``data check --data FILE|MIXTURE.yaml --media-root DIR``: check training data;
+- ``extract-features --data FILE --media-root DIR --out DIR``: CLIP features in the published layout;
 - further commands (``eval``) are contributed by installed packages through the ``flash_vstream.commands``
   entry-point group; each entry point is ``register(subparsers)``.
 
@@ -32,9 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_ask(sub)
     _add_make_tiny(sub)
+    from flash_vstream.inference.stream_cli import add_stream_command
     from flash_vstream.train.commands import add_data_commands
+    from flash_vstream.train.extract_cli import add_extract_command
+    from flash_vstream.train.train_cli import add_train_command
 
+    add_stream_command(sub, add_model_arguments=add_model_arguments, model_options=model_options)
+    add_train_command(sub)
     add_data_commands(sub)
+    add_extract_command(sub)
     for entry in entry_points(group="flash_vstream.commands"):
         entry.load()(sub)
     return parser
