@@ -290,10 +290,13 @@ class FlashVStreamMixin:
         video_grid_thw: torch.LongTensor | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
         mm_encoder_outputs: dict | None = None,
+        labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
         """The parent's forward, with the video encoded first so that its AM-RoPE ids can be computed.
+
+        ``labels`` is named (not left in ``**kwargs``) so the HF Trainer finds the label column in the signature.
 
         On a prefill (empty or no cache) the rope deltas are stored where the parent keeps them
         (``model.rope_deltas``), so a later cached call without ``position_ids`` continues at the right ids.
@@ -318,6 +321,7 @@ class FlashVStreamMixin:
             position_ids=position_ids,
             mm_token_type_ids=mm_token_type_ids,
             mm_encoder_outputs=mm_encoder_outputs or None,
+            labels=labels,
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
