@@ -112,6 +112,13 @@ class FeatureExtractor:
     ) -> FeatureExtractor:
         """The extractor of a STAR checkpoint: its tower, layer and ``image_aspect_ratio``; no other weight is read.
 
+        Args:
+            name_or_path: checkpoint folder (released layout or this project's), or a Hub id.
+            device: where the tower runs (``None``/``"auto"``: CUDA when available).
+            dtype: compute dtype (``None``: fp16 on CUDA, fp32 elsewhere; ``"auto"``: the checkpoint's).
+            batch_size: frames per forward pass of the tower.
+            frames_fps: frame rate of frame folders.
+
         Raises:
             FileNotFoundError: for a missing checkpoint or weights.
             ValueError: for a checkpoint of another family, or vision weights that do not match its config.
