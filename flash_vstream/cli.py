@@ -19,6 +19,7 @@ at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -133,14 +134,17 @@ def run_ask(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     family, options = model_options(args)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, family=family, **options)
-    loaded = time.perf_counter()
-    result = model.answer_with_details(
-        args.question,
-        video=args.video or args.image,
-        max_new_tokens=args.max_new_tokens,
-        progress=not args.no_progress and sys.stderr.isatty(),  # no bar in logs and pipes
-    )
+    # stdout carries only the answer: libraries that log to stdout while loading (DeepSpeed does, once
+    # transformers imports it) are sent to stderr, so `--json` output stays parseable.
+    with contextlib.redirect_stdout(sys.stderr):
+        model = load_model(args.model, device=args.device, dtype=args.dtype, family=family, **options)
+        loaded = time.perf_counter()
+        result = model.answer_with_details(
+            args.question,
+            video=args.video or args.image,
+            max_new_tokens=args.max_new_tokens,
+            progress=not args.no_progress and sys.stderr.isatty(),  # no bar in logs and pipes
+        )
     done = time.perf_counter()
     if args.json:
         payload = {

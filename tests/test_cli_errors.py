@@ -127,3 +127,19 @@ def test_version_help_and_flag_errors_import_nothing_heavy():
         [sys.executable, "-m", "flash_vstream.cli", "--version"], capture_output=True, text=True, timeout=120
     )
     assert version.stdout.strip() == "flash-vstream 0.1.0"
+
+
+def test_ask_json_stdout_holds_only_the_answer_when_a_library_prints(tiny, capsys, monkeypatch):
+    import flash_vstream.inference.pipeline as pipeline
+
+    real = pipeline.load_model
+
+    def noisy_load(*args, **kwargs):
+        print("[WARNING] Setting accelerator to CPU.")  # what DeepSpeed prints to stdout when transformers imports it
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_model", noisy_load)
+    assert main(ask(tiny, "--json")) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["num_visual_tokens"] == 358
+    assert "Setting accelerator to CPU" in captured.err

@@ -39,6 +39,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Protocol
 
+import torch
+
 from flash_vstream.families import SamplerPreset, family_for_model_type, get_family
 from flash_vstream.inference.prompts import VICUNA_SYSTEM
 from flash_vstream.memory.flash import FlashMemory, FlashMemoryConfig
@@ -243,7 +245,8 @@ class StarBudget:
     family: ClassVar[str] = "star"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_memory", StarMemory(self.memory))
+        with torch.device("meta"):  # only counts are needed: no weights, no draw from the global RNG
+            object.__setattr__(self, "_memory", StarMemory(self.memory))
         object.__setattr__(self, "_cache", {})
 
     def check(self, media: Media) -> None:
