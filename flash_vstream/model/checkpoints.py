@@ -145,6 +145,20 @@ def validate_star_options(options: dict) -> dict:
     return dict(options)
 
 
+def config_is_released(path: Path) -> bool:
+    """Whether a STAR checkpoint folder is in the released Flash-VStream-7b layout (``model_type: "vstream"``)."""
+    return json.loads((Path(path) / "config.json").read_text())["model_type"] == "vstream"
+
+
+def read_star_config(path: Path) -> FlashVStreamConfig:
+    """The :class:`FlashVStreamConfig` of a STAR checkpoint folder, released (converted) or own layout."""
+    path = Path(path)
+    config_dict = json.loads((path / "config.json").read_text())
+    if config_dict["model_type"] == "vstream":
+        return config_from_legacy(VStreamLegacyConfig.from_dict(config_dict), checkpoint_dir=path)
+    return FlashVStreamConfig.from_dict(config_dict)
+
+
 def load_star_model(
     path: Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, **options
 ):
@@ -165,12 +179,8 @@ def load_star_model(
     """
     path = Path(path)
     options = validate_star_options(options)
-    config_dict = json.loads((path / "config.json").read_text())
-    released = config_dict["model_type"] == "vstream"
-    if released:
-        config = config_from_legacy(VStreamLegacyConfig.from_dict(config_dict), checkpoint_dir=path)
-    else:
-        config = FlashVStreamConfig.from_dict(config_dict)
+    config = read_star_config(path)
+    released = config_is_released(path)
     if options:
         config.memory_config = {**config.memory_config, **options}
     model = _strict_load(config, path, dtype, key_mapping=RELEASED_KEY_MAP if released else None)

@@ -274,8 +274,8 @@ def read_star_config(path: Path):
         FileNotFoundError: without a ``config.json``.
         ValueError: for a checkpoint of another family, naming it.
     """
-    from flash_vstream.config import FlashVStreamConfig, VStreamLegacyConfig, config_from_legacy
     from flash_vstream.families import family_for_model_type
+    from flash_vstream.model.checkpoints import read_star_config as read_config
     from flash_vstream.model.loading import read_model_type
 
     model_type = read_model_type(path)
@@ -285,10 +285,7 @@ def read_star_config(path: Path):
             f"--model {path} is a {family.name}-family checkpoint (model_type {model_type!r}); extract-features "
             "writes the CLIP features of the STAR family: pass a STAR checkpoint, or a CLIP tower with --vision-tower"
         )
-    data = json.loads((path / "config.json").read_text())
-    if model_type == STAR_RELEASED_MODEL_TYPE:
-        return config_from_legacy(VStreamLegacyConfig.from_dict(data), checkpoint_dir=path)
-    return FlashVStreamConfig.from_dict(data)
+    return read_config(path)
 
 
 def load_star_vision_tower(path: Path, config, *, dtype: torch.dtype = torch.float32, batch_size: int = 64):

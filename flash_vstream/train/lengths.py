@@ -31,7 +31,6 @@ r"""Token-length estimates of training samples from metadata alone (no frame is 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -495,13 +494,9 @@ def budget_for_checkpoint(
 
 
 def _star_checkpoint(path: Path, probe_videos: bool) -> tuple[StarBudget, str]:
-    from flash_vstream.config import FlashVStreamConfig, VStreamLegacyConfig, config_from_legacy
+    from flash_vstream.model.checkpoints import read_star_config
 
-    raw = json.loads((path / "config.json").read_text())
-    if raw["model_type"] == "vstream":
-        config = config_from_legacy(VStreamLegacyConfig.from_dict(raw), checkpoint_dir=path)
-    else:
-        config = FlashVStreamConfig.from_dict(raw)
+    config = read_star_config(path)
     return StarBudget(config.star_memory_config(), probe_videos=probe_videos), config.conv_template
 
 
