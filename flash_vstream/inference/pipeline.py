@@ -6,7 +6,16 @@ template is used) lives in a family's *input builder*, a callable with the signa
     builder(question, *, frames=None, features=None, assistant_prefix="") -> dict   # kwargs for model.generate
 
 ``frames`` is a uint8 array ``(T, H, W, 3)``; ``features`` are pre-extracted vision features (STAR only). The
-returned dict goes to ``model.generate`` unchanged.
+returned dict goes to ``model.generate`` unchanged, through the session's :class:`~flash_vstream.inference.decode.
+Decoder` (``FlashVStream.decoder``): on CUDA a static KV cache with the decode step compiled into CUDA graphs once,
+when the model is loaded; elsewhere transformers' default ``generate``. :meth:`FlashVStream.set_decoder` switches.
+
+Long videos (``answer(video=...)``) are read in chunks wherever the family's offline algorithm allows it
+(:data:`CHUNKED_VIDEO_FEATURES`): the STAR memory needs only each frame's features pooled to its spatial grid,
+so each chunk of frames is preprocessed, encoded and pooled, then dropped; the memory compresses the pooled clip,
+with exactly the tokens of the all-frames path. Peak RAM is one chunk of frames plus the pooled features (about
+0.26 MB a frame at bf16), whatever the video's length. The Flash family samples at most 240 frames
+(``max_frames``), so its frames are bounded already and it reads them in one go.
 
 >>> vs = load_model("IVGSZ/Flash-VStream-7b")                       # doctest: +SKIP
 >>> vs.answer("What is the person doing?", video="assets/sample.mp4")  # doctest: +SKIP
@@ -14,6 +23,7 @@ returned dict goes to ``model.generate`` unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from transformers import CompileConfig
 
+from flash_vstream.inference.decode import Decoder
 from flash_vstream.video import FrameSampler, read_video
+from flash_vstream.video.reader import iter_video
+
+WARMUP_FRAMES = np.zeros((2, 56, 56, 3), dtype=np.uint8)
+"""The clip of the warm-up answer that compiles the decode step (any frames take the answers' decode path)."""
+WARMUP_TOKENS = 4  # the first replays of a compiled step record its CUDA graph; a few steps get past that
 
 
 @dataclass
@@ -53,6 +70,8 @@ class FlashVStream:
             says how many visual tokens a built input holds (for reporting).
         sampler: how frames are picked from a video file when the caller passes ``video=``.
         family: the family's registry name (``"star"``, ``"flash"``).
+        decode: how answers decode (:data:`~flash_vstream.inference.decode.DECODE_MODES`); the default
+            ``"auto"`` compiles a static-cache decode step on CUDA now (see :meth:`set_decoder`).
     """
 
     def __init__(
@@ -63,16 +82,55 @@ class FlashVStream:
         sampler: FrameSampler,
         *,
         family: str | None = None,
+        decode: str = "auto",
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.input_builder = input_builder
         self.sampler = sampler
         self.family = family
+        self.decoder: Decoder = self.set_decoder(decode)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def set_decoder(
+        self,
+        mode: str = "auto",
+        *,
+        max_cache_len: int | None = None,
+        compile_config: CompileConfig | None = None,
+        warmup: bool = True,
+    ) -> Decoder:
+        """Choose how answers decode, and compile now (outside any answer) when the mode compiles.
+
+        Args:
+            mode: ``"auto"`` (``"compiled"`` on CUDA, else ``"eager"``), ``"eager"`` (transformers' default
+                ``generate``: the switch that turns fast decoding off), ``"static"`` (static KV cache, no
+                compilation) or ``"compiled"`` (static KV cache, decode step compiled into CUDA graphs).
+            max_cache_len: positions of the static cache: the longest prompt plus answer expected (default:
+                the decoder's ``max_position_embeddings``, at most 16,384). A longer one grows it and recompiles.
+            compile_config: transformers ``CompileConfig`` of the compiled mode (default: inductor with
+                ``mode="reduce-overhead"``).
+            warmup: compile (with a short warm-up answer) now; its cost is ``decoder.compile_seconds``.
+
+        Returns:
+            The new decoder (also ``self.decoder``).
+
+        Raises:
+            ValueError: for an unknown mode or a bad ``max_cache_len``.
+        """
+        self.decoder = Decoder.for_model(self.model, mode, max_cache_len=max_cache_len, compile_config=compile_config)
+        if warmup:
+            self.decoder.warmup(self._warmup_answer)
+        return self.decoder
+
+    def _warmup_answer(self) -> None:
+        """A short answer through the real path, so the compiled step sees the shapes every answer has."""
+        self.answer_with_details(
+            "warm-up", frames=WARMUP_FRAMES, max_new_tokens=WARMUP_TOKENS, min_new_tokens=WARMUP_TOKENS
+        )
 
     def answer(self, question: str, **kwargs) -> str:
         """Answer ``question``; the keyword arguments are those of :meth:`answer_with_details`.
@@ -101,7 +159,8 @@ class FlashVStream:
             question: the user's question.
             frames: uint8 ``(T, H, W, 3)`` RGB frames (already sampled), or one ``(H, W, 3)`` image.
             video: a video file, frame directory or image; frames are sampled with ``self.sampler``.
-            features: pre-extracted vision features (families that accept them).
+            features: pre-extracted vision features (families that accept them); for STAR also the features
+                pooled to the memory's spatial grid (``model.memory.pool_frames``).
             timestamps: seconds of each frame (informational; the memory orders frames by index).
             assistant_prefix: text the assistant's reply starts with (e.g. ``"Best option: ("``).
             max_new_tokens: generation budget.
@@ -115,20 +174,52 @@ class FlashVStream:
         if given != 1:
             raise ValueError("pass exactly one of frames=, video= or features= to answer()")
         if video is not None:
-            frames = read_video(video, sampler=self.sampler, progress=progress).frames
+            chunked = CHUNKED_VIDEO_FEATURES.get(self.family)
+            if chunked is not None:
+                features = chunked(self, video, progress)
+            else:
+                frames = read_video(video, sampler=self.sampler, progress=progress).frames
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
             frames = frames[None]  # one (H, W, 3) image is a 1-frame video
         inputs = self.input_builder(question, frames=frames, features=features, assistant_prefix=assistant_prefix)
         inputs = {key: _to_device(value, self.device) for key, value in inputs.items()}
         generation.setdefault("do_sample", False)
         generation.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **generation)
+        output = self.decoder.generate(self.model, **inputs, max_new_tokens=max_new_tokens, **generation)
         new_tokens = _strip_prompt(output, inputs.get("input_ids"))
         text = self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
         num_frames = len(frames) if frames is not None else len(features)
         prompt_len = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
         return Answer(text, num_frames, self.input_builder.count_visual_tokens(inputs), prompt_len)
+
+
+def star_video_features(vs: FlashVStream, video: str | Path, progress: bool = False) -> torch.Tensor:
+    """``(t, S*S, d)`` STAR features of a video, pooled to the memory's spatial grid, read a chunk at a time.
+
+    Each chunk (as many frames as the vision tower encodes per forward, so the tower sees the same batches as
+    the all-frames path) is preprocessed (on the GPU when the model is on one), encoded and pooled, and its
+    frames are dropped before the next chunk is decoded.
+    """
+    model = vs.model
+    processor = vs.input_builder.processor
+    if vs.device.type == "cuda":
+        processor = dataclasses.replace(processor, device=str(vs.device))
+    weight = next(model.memory.parameters())  # pooled as the model's compress path pools: memory device and dtype
+    pooled = []
+    with torch.inference_mode():
+        chunks = iter_video(video, sampler=vs.sampler, chunk_size=model.vision_tower.batch_size, progress=progress)
+        for clip in chunks:
+            features = model.encode_frames(processor(clip.frames))  # (c, p*p, d)
+            pooled.append(model.memory.pool_frames(features.to(device=weight.device, dtype=weight.dtype)))
+            del clip, features  # hold no frames while the next chunk decodes
+    return torch.cat(pooled)
+
+
+CHUNKED_VIDEO_FEATURES: dict[str, Callable[[FlashVStream, str | Path, bool], torch.Tensor]] = {
+    "star": star_video_features,
+}
+"""Family -> how ``answer(video=...)`` turns a video into features chunk by chunk. Families not listed read
+their sampled frames in one go (Flash: at most 240 frames)."""
 
 
 def _to_device(value, device: torch.device):

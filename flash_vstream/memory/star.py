@@ -241,7 +241,9 @@ class StarMemory(VideoMemory[StarState]):
         graph, so the tokens get an exact ``+ 0`` that depends on them (their gradient is then zero).
 
         Args:
-            features: ``(t, p*p, d)`` CLIP patch tokens.
+            features: ``(t, p*p, d)`` CLIP patch tokens, or the same already pooled to the spatial grid,
+                ``(t, S*S, d)`` from :meth:`pool_frames` (what a chunked reader keeps: the tokens are identical,
+                since every memory is computed from the spatially pooled frames).
             times: ``(t,)`` timestamps (default frame indices), reported as cluster times in ``extras``.
 
         Returns:
@@ -253,12 +255,24 @@ class StarMemory(VideoMemory[StarState]):
             out.tokens = out.tokens + self.attention.zero_dependency().to(out.tokens.dtype)
         return out
 
+    def pool_frames(self, features: torch.Tensor) -> torch.Tensor:
+        """``(t, p*p, d)`` CLIP patch tokens -> ``(t, S*S, d)``, the spatial pooling every memory starts from.
+
+        Frames are pooled one by one, so pooling a clip chunk by chunk and concatenating gives the pooling of the
+        whole clip; :meth:`compress` takes the result in place of the features.
+        """
+        self._check_features(features, "pool_frames")
+        return pool_grid(features, self.config.spatial_size, name="spatial_size")
+
     def _compress(self, features: torch.Tensor, times: torch.Tensor | None) -> MemoryOutput:
         cfg = self.config
-        self._check_features(features, "compress")
+        self._check_features(features, "compress", pooled_ok=True)
         num_frames = features.shape[0]
         times = self._frame_times(times, num_frames, 0, features.device)
-        pooled = pool_grid(features, cfg.spatial_size, name="spatial_size")  # (t, S*S, d)
+        if features.shape[1] == cfg.spatial_size**2:
+            pooled = features  # already pooled (pool_frames); pooling again would be the identity anyway
+        else:
+            pooled = pool_grid(features, cfg.spatial_size, name="spatial_size")  # (t, S*S, d)
         num_hist = max(num_frames - cfg.spatial_frames, 0)
         hist, current = pooled[:num_hist], pooled[num_hist:]
         if num_hist == 0:
@@ -519,13 +533,15 @@ class StarMemory(VideoMemory[StarState]):
         tokens = torch.cat([t.to(current.dtype) for t in flat.values()])
         return MemoryOutput(tokens, {name: t.shape[0] for name, t in flat.items()}, extras=extras or {})
 
-    def _check_features(self, features: torch.Tensor, where: str) -> None:
+    def _check_features(self, features: torch.Tensor, where: str, pooled_ok: bool = False) -> None:
         cfg = self.config
         expected = (cfg.feature_grid**2, cfg.feature_dim)
-        if features.dim() != 3 or tuple(features.shape[1:]) != expected or not features.is_floating_point():
+        shapes = {expected, (cfg.spatial_size**2, cfg.feature_dim)} if pooled_ok else {expected}
+        if features.dim() != 3 or tuple(features.shape[1:]) not in shapes or not features.is_floating_point():
+            pooled = f" or pooled (frames, {cfg.spatial_size**2}, {expected[1]})" if pooled_ok else ""
             raise ValueError(
                 f"StarMemory.{where}: features must be float (frames, {expected[0]}, {expected[1]}) "
-                f"= (frames, feature_grid**2, feature_dim); got {tuple(features.shape)} {features.dtype}. "
+                f"= (frames, feature_grid**2, feature_dim){pooled}; got {tuple(features.shape)} {features.dtype}. "
                 "Fix the input or the config's feature_grid/feature_dim."
             )
         if where == "compress" and features.shape[0] == 0:

@@ -2,6 +2,8 @@
 
 ``probe_video`` reads metadata only; ``read_video`` decodes the frames a ``FrameSampler`` (or an explicit
 index list) asks for, and nothing else: a 1-fps sample of a two-hour film never holds the whole film.
+``iter_video`` yields the same frames in chunks of at most ``chunk_size``, decoding each chunk only when it is
+asked for, so a consumer that keeps only what it computes from a chunk holds one chunk of frames at a time.
 
 Video files go through decord (``decord2`` on Python 3.11+, same import name) when it imports, PyAV otherwise
 (``backends.py``); in ``"auto"`` mode a file decord cannot read (decord2 mis-sizes frames of some widths, e.g.
@@ -17,6 +19,7 @@ Shapes: ``t`` frames, ``h`` x ``w`` pixels; frames are ``(t, h, w, 3)`` RGB ``ui
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from flash_vstream.video.errors import VideoError, one_line
 from flash_vstream.video.progress import FrameProgress, FramesCallback
 from flash_vstream.video.sampling import FrameSampler
 
-__all__ = ["VideoClip", "VideoError", "VideoInfo", "probe_video", "read_video"]
+__all__ = ["VideoClip", "VideoError", "VideoInfo", "iter_video", "probe_video", "read_video"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 BACKENDS = ("auto", "pyav", "decord")
@@ -164,18 +167,118 @@ def read_video(
         counter.close()  # the bar goes before any error line or answer is printed
 
 
+def iter_video(
+    path: str | Path,
+    sampler: FrameSampler | None = None,
+    indices: np.ndarray | list[int] | None = None,
+    chunk_size: int = 64,
+    backend: str = "auto",
+    frames_fps: float = 1.0,
+    progress: bool = False,
+    on_frames: FramesCallback | None = None,
+) -> Iterator[VideoClip]:
+    """The frames ``read_video`` would return, as consecutive chunks of at most ``chunk_size`` frames.
+
+    A chunk is decoded when the iterator is advanced to it, and the iterator keeps no reference to the chunks
+    it has yielded, so peak memory is one chunk of frames whatever the video's length. Concatenating the
+    chunks' ``frames``, ``indices`` and ``timestamps`` gives exactly ``read_video``'s (same arguments).
+
+    Args:
+        path: A video file, frame folder or image, as for :func:`read_video`.
+        sampler: Frame policy, as for :func:`read_video`.
+        indices: Explicit frame indices (in the order given), as for :func:`read_video`.
+        chunk_size: Most frames per chunk (``>= 1``).
+        backend: "auto", "pyav" or "decord", as for :func:`read_video`.
+        frames_fps: Frame rate of frame folders and images.
+        progress: Draw a progress bar on stderr over the whole read.
+        on_frames: Called as ``on_frames(done, total)`` over the whole read; ``total`` sums each chunk's
+            distinct frames.
+
+    Yields:
+        One ``VideoClip`` per chunk (``total_frames``, ``native_fps`` and ``path`` are the whole video's).
+
+    Raises:
+        VideoError: as ``read_video``: on opening (a missing or unreadable file, indices outside the video are
+            found on the first ``next``), or when the chunk that holds an undecodable frame is reached.
+        ValueError: for a bad argument (at the call).
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    if sampler is not None and indices is not None:
+        raise ValueError("Pass either `sampler` or `indices` to iter_video, not both.")
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}.")
+    path = Path(path)
+    counter = FrameProgress(path.name, show=progress, on_frames=on_frames)  # validates on_frames now
+    try:
+        source = _open_source(path, backend=backend, frames_fps=frames_fps, exact_count=True)
+    except UnreadableVideo:
+        raise
+    except VideoError:
+        if backend != "auto" or not path.is_file() or not decord_available():
+            raise
+        source = PyAVSource(path, exact_count=True)  # decord cannot open some files PyAV reads
+    return _chunks(path, source, sampler, indices, chunk_size, backend, counter)
+
+
+def _chunks(path: Path, source, sampler, indices, chunk_size: int, backend: str, counter: FrameProgress):
+    """The generator behind :func:`iter_video` (arguments already checked, ``source`` open)."""
+    try:
+        total, fps = source.num_frames, source.fps
+        wanted = _wanted_indices(source, sampler, indices, path)
+        chunks = [wanted[start : start + chunk_size] for start in range(0, len(wanted), chunk_size)]
+        counter.start(sum(len(np.unique(chunk)) for chunk in chunks))
+        done = 0
+        for chunk in chunks:
+            unique, inverse = np.unique(chunk, return_inverse=True)
+            step = _OffsetProgress(counter, done)
+            try:
+                frames = source.read(unique, step)
+            except UnreadableVideo:
+                raise
+            except VideoError:
+                # As read_video's "auto": decord fails on some files PyAV reads; PyAV gives the same frames.
+                if backend != "auto" or isinstance(source, PyAVSource) or source.kind != "video":
+                    raise
+                source.close()
+                source = PyAVSource(path, exact_count=True)
+                frames = source.read(unique, step)
+            done += len(unique)
+            if not np.array_equal(unique, chunk):
+                frames = frames[inverse]  # repeats or an unsorted order; the decoded array is released here
+            yield VideoClip(frames, chunk, chunk / fps, fps, total, str(path))
+            del frames  # from here the consumer holds the only reference to the chunk's frames
+    finally:
+        source.close()
+        counter.close()
+
+
+class _OffsetProgress:
+    """Reports a chunk's decoded count as ``offset + done`` to the whole read's :class:`FrameProgress`."""
+
+    def __init__(self, progress: FrameProgress, offset: int):
+        self.progress, self.offset = progress, offset
+
+    def advance_to(self, done: int) -> None:
+        self.progress.advance_to(self.offset + done)
+
+
+def _wanted_indices(source, sampler: FrameSampler | None, indices, path: Path) -> np.ndarray:
+    """The frame indices to decode: the sampler's, the caller's (checked) or every frame."""
+    if sampler is not None:
+        return sampler.indices(source.num_frames, source.fps)
+    if indices is not None:
+        return _checked_indices(indices, source.num_frames, path)
+    return np.arange(source.num_frames, dtype=np.int64)
+
+
 def _read_with(
     path: Path, sampler: FrameSampler | None, indices, backend: str, frames_fps: float, counter: FrameProgress
 ) -> VideoClip:
     source = _open_source(path, backend=backend, frames_fps=frames_fps, exact_count=True)
     try:
         total, fps = source.num_frames, source.fps
-        if sampler is not None:
-            wanted = sampler.indices(total, fps)
-        elif indices is not None:
-            wanted = _checked_indices(indices, total, path)
-        else:
-            wanted = np.arange(total, dtype=np.int64)
+        wanted = _wanted_indices(source, sampler, indices, path)
         unique, inverse = np.unique(wanted, return_inverse=True)
         counter.start(len(unique))
         frames = source.read(unique, counter)[inverse]  # (t, h, w, 3)

@@ -7,7 +7,8 @@ tokens of hidden layer -2 without the CLS token: 256 x 1024 features per frame (
 Contents:
     * `CLIPFrameProcessor`: numpy + PIL preprocessing, pixel-identical to transformers' PIL backend of
       `CLIPImageProcessor` (the class that runs when torchvision is absent), plus the "pad" mode the
-      released checkpoint was trained with (LLaVA's expand-to-square with the mean colour).
+      released checkpoint was trained with (LLaVA's expand-to-square with the mean colour); and the same
+      steps batched in torch on a GPU (`device=`, or frames already on one), within one 8-bit level of it.
     * `CLIPVisionEncoder`: a wrapper around `transformers.CLIPVisionModel` (frozen unless asked) that streams
       frames through it in fixed-size chunks.
     * `clip_vision_config`: resolves `mm_vision_tower` to a `CLIPVisionConfig` (local dir, built-in preset,
@@ -29,6 +30,8 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from flash_vstream.vision.resize import as_frame_tensor, resize_uint8_like_pil
 
 __all__ = [
     "CLIP_VISION_PRESETS",
@@ -57,6 +60,10 @@ class CLIPFrameProcessor:
     `image_mean` / `image_std`. The arithmetic follows transformers' PIL backend step by step (float64
     rescale then float32, float32 normalise), so the output is bit-identical to `CLIPImageProcessorPil`.
 
+    With `device` set (e.g. "cuda"), or for frames that already are a torch tensor on a GPU, the same steps run
+    batched in torch on that device (`flash_vstream.vision.resize`): uint8 frames go up, normalised pixels
+    come back on the device, within one 8-bit level (1/255 before normalisation) of the PIL path.
+
     Example:
         >>> proc = CLIPFrameProcessor(aspect="pad")
         >>> proc(np.zeros((2, 120, 160, 3), dtype=np.uint8)).shape
@@ -74,6 +81,9 @@ class CLIPFrameProcessor:
     aspect: str = "pad"
     """ "pad": pad to a centred square with the mean colour first (released STAR checkpoint,
     `image_aspect_ratio="pad"`); "crop": plain CLIP preprocessing (resize then centre crop)."""
+    device: str | None = None
+    """Where to preprocess: None (Pillow on the CPU, bit-identical to transformers; frames already on a GPU are
+    processed there) or a torch device such as "cuda" (torch on that device, output left there)."""
 
     def __post_init__(self) -> None:
         if self.aspect not in _ASPECTS:
@@ -94,6 +104,11 @@ class CLIPFrameProcessor:
             setattr(self, name, value)
         if min(self.image_std) <= 0:
             raise ValueError(f"CLIPFrameProcessor.image_std must be positive, got {self.image_std}.")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as err:
+                raise ValueError(f"CLIPFrameProcessor.device={self.device!r} is not a torch device.") from err
 
     @property
     def pad_color(self) -> tuple[int, int, int]:
@@ -142,12 +157,16 @@ class CLIPFrameProcessor:
                 torch), or a list of PIL images / (h, w, 3) uint8 arrays (sizes may differ).
 
         Returns:
-            float32 pixel values of shape (t, 3, crop_size, crop_size).
+            float32 pixel values of shape (t, 3, crop_size, crop_size), on the CPU, or on the device of the
+            torch path (see the class docstring).
 
         Raises:
             TypeError: On an unsupported frame type or dtype.
             ValueError: On a wrong frame shape or an empty input.
         """
+        on_gpu = isinstance(frames, torch.Tensor) and frames.device.type != "cpu"
+        if (self.device is not None or on_gpu) and _is_frame_batch(frames):
+            return self._preprocess_torch(frames)
         images = [self._preprocess_one(_to_rgb_array(frame)) for frame in _split_frames(frames)]
         if not images:
             raise ValueError("CLIPFrameProcessor got no frames; pass at least one frame.")
@@ -159,6 +178,26 @@ class CLIPFrameProcessor:
         std = np.asarray(self.image_std, dtype=np.float32)
         normalized = (unit - mean) / std  # (t, crop, crop, 3)
         return torch.from_numpy(np.ascontiguousarray(normalized.transpose(0, 3, 1, 2)))  # (t, 3, crop, crop)
+
+    def _preprocess_torch(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The PIL path's steps batched in torch on ``self.device`` (or the frames' device)."""
+        video = as_frame_tensor(frames if frames.ndim == 4 else frames[None], self.device)  # (t, h, w, 3) uint8
+        video = video.permute(0, 3, 1, 2).float()  # (t, 3, h, w), 0-255
+        height, width = video.shape[-2:]
+        if self.aspect == "pad" and height != width:
+            side = max(height, width)
+            canvas = torch.tensor(self.pad_color, dtype=video.dtype, device=video.device).view(1, 3, 1, 1)
+            canvas = canvas.expand(video.shape[0], 3, side, side).clone()
+            top, left = (side - height) // 2, (side - width) // 2
+            canvas[:, :, top : top + height, left : left + width] = video
+            video, height, width = canvas, side, side
+        new_height, new_width = _shortest_edge_size(height, width, self.image_size)
+        video = resize_uint8_like_pil(video, (new_height, new_width))
+        top, left = (new_height - self.crop_size) // 2, (new_width - self.crop_size) // 2
+        video = video[:, :, top : top + self.crop_size, left : left + self.crop_size]
+        mean = torch.tensor(self.image_mean, device=video.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=video.device).view(1, 3, 1, 1)
+        return ((video * _UINT8_TO_UNIT - mean) / std).contiguous()  # (t, 3, crop, crop)
 
     def _preprocess_one(self, image: np.ndarray) -> np.ndarray:
         """Pad (optional), resize and crop one (h, w, 3) uint8 frame; returns (crop, crop, 3) uint8."""
@@ -194,6 +233,13 @@ def _expand_to_square(image: np.ndarray, fill: tuple[int, int, int]) -> np.ndarr
     top, left = (side - height) // 2, (side - width) // 2
     canvas[top : top + height, left : left + width] = image
     return canvas
+
+
+def _is_frame_batch(frames: Any) -> bool:
+    """Whether ``frames`` is one uint8 array or tensor of equal-size frames (what the torch path takes)."""
+    if not isinstance(frames, (np.ndarray, torch.Tensor)) or frames.ndim not in (3, 4):
+        return False
+    return frames.dtype in (np.uint8, torch.uint8) and frames.shape[-1] == 3
 
 
 def _split_frames(frames: Any) -> list[Any]:

@@ -19,7 +19,9 @@ Frames are resized with ``smart_resize`` twice, as the published pipeline does: 
 ``max_pixels`` (the frame loader), then with factor ``patch * merge * pool = 56`` (the image processor), so
 the patch grid is a multiple of 4 and the half-resolution grid still tiles into 2x2 merge windows. An odd
 frame count is padded by repeating the last frame (two frames form one temporal patch). Qwen2-VL and
-Qwen2.5-VL share the patch layout and the normalisation, so one processor serves both.
+Qwen2.5-VL share the patch layout and the normalisation, so one processor serves both. With ``device`` set (or
+frames already on a GPU) the two resizes and the normalisation run batched in torch on that device
+(:mod:`flash_vstream.vision.resize`), within one 8-bit level of the Pillow path.
 
 Shapes: t: temporal patches, h/w: patch grid of a frame (pixels / 14), d: ViT width, p: patch size (14),
 m: spatial merge size (2), tp: temporal patch size (2), c: channels (3).
@@ -37,6 +39,7 @@ from torch import nn
 from transformers.vision_utils import get_vision_window_index
 
 from flash_vstream.vision.features import DualResFeatures
+from flash_vstream.vision.resize import as_frame_tensor, resize_uint8_like_pil
 
 # Normalisation of the Qwen2-VL image processor (the OpenAI CLIP statistics).
 QWEN2VL_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -96,6 +99,10 @@ class FlashFrameProcessor:
     loader_factor: int = 28
     """Factor of the first resize, done by the published frame loader before the processor's own resize."""
 
+    device: str | None = None
+    """Where to resize and normalise: None (Pillow on the CPU; frames already on a GPU are processed there) or a
+    torch device such as "cuda" (torch there; the patches stay on it)."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_pixels",
@@ -111,6 +118,11 @@ class FlashFrameProcessor:
             raise ValueError(
                 f"FlashFrameProcessor.min_pixels ({self.min_pixels}) exceeds max_pixels ({self.max_pixels})"
             )
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as err:
+                raise ValueError(f"FlashFrameProcessor.device={self.device!r} is not a torch device") from err
 
     @property
     def factor(self) -> int:
@@ -132,31 +144,47 @@ class FlashFrameProcessor:
         """Resize, normalise and patchify one clip.
 
         Args:
-            frames: uint8 ``(T, H, W, 3)`` RGB frames, ``T >= 1``.
+            frames: uint8 ``(T, H, W, 3)`` RGB frames, ``T >= 1`` (numpy, or torch on any device).
 
         Returns:
-            ``pixel_values_videos`` float32 ``(t*h*w, c*tp*p*p)`` and ``video_grid_thw`` int64 ``(1, 3)``.
+            ``pixel_values_videos`` float32 ``(t*h*w, c*tp*p*p)`` (on the torch path's device, else the CPU) and
+            ``video_grid_thw`` int64 ``(1, 3)`` on the CPU.
 
         Raises:
             ValueError: when ``frames`` is not a non-empty uint8 ``(T, H, W, 3)`` array.
         """
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be a non-empty uint8 array (T, H, W, 3); got {frames.dtype} {frames.shape}")
-        video = torch.from_numpy(np.stack([self._resize(f) for f in frames]))  # (T, H', W', 3) uint8
+        on_gpu = isinstance(frames, torch.Tensor) and frames.device.type != "cpu"
+        if self.device is not None or on_gpu:
+            video = self._resize_torch(as_frame_tensor(frames, self.device))  # (T, c, H', W') 0-255
+        else:
+            frames = np.asarray(frames)
+            if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0 or frames.dtype != np.uint8:
+                raise ValueError(
+                    f"frames must be a non-empty uint8 array (T, H, W, 3); got {frames.dtype} {frames.shape}"
+                )
+            video = torch.from_numpy(np.stack([self._resize(f) for f in frames]))  # (T, H', W', 3) uint8
+            video = video.permute(0, 3, 1, 2).float()  # (T, c, H', W') 0-255
         remainder = video.shape[0] % self.temporal_patch_size
         if remainder:  # pad by repeating the last frame, as the published loader does
             pad = video[-1:].expand(self.temporal_patch_size - remainder, -1, -1, -1)
             video = torch.cat([video, pad])
-        video = video.permute(0, 3, 1, 2).float() / 255.0  # (T, c, H', W')
-        mean = torch.tensor(QWEN2VL_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(QWEN2VL_STD).view(1, 3, 1, 1)
+        video = video / 255.0
+        mean = torch.tensor(QWEN2VL_MEAN, device=video.device).view(1, 3, 1, 1)
+        std = torch.tensor(QWEN2VL_STD, device=video.device).view(1, 3, 1, 1)
         video = (video - mean) / std
         t = video.shape[0] // self.temporal_patch_size
         volume = video.view(t, self.temporal_patch_size, *video.shape[1:]).transpose(1, 2)  # (t, c, tp, H', W')
         patches = patchify(volume, self.patch_size, self.merge_size)
         grid = torch.tensor([[t, volume.shape[-2] // self.patch_size, volume.shape[-1] // self.patch_size]])
         return patches, grid
+
+    def _resize_torch(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(T, H, W, 3)`` uint8 -> ``(T, c, H', W')`` float 0-255: both resizes in torch, each to 8 bits."""
+        height, width = frames.shape[1:3]
+        h1, w1 = smart_resize(height, width, self.loader_factor, self.min_pixels, self.max_pixels)
+        h2, w2 = smart_resize(h1, w1, self.factor, self.min_pixels, self.max_pixels)
+        video = frames.permute(0, 3, 1, 2)  # (T, c, H, W)
+        return resize_uint8_like_pil(resize_uint8_like_pil(video, (h1, w1)), (h2, w2))
 
     def _resize(self, frame: np.ndarray) -> np.ndarray:
         """Bicubic resize to the loader's size, then to the processor's size (no-op resizes skipped)."""
