@@ -379,3 +379,52 @@ def test_unresolvable_tower_names_the_config_field():
     # An invalid repo id fails before any network access.
     with pytest.raises(ValueError, match="mm_vision_tower"):
         clip_vision_config("not a valid/tower name!")
+
+
+# --- the torch (GPU) path of the processor -------------------------------------------------------------------
+
+SAMPLE_VIDEO = __import__("pathlib").Path(__file__).resolve().parents[1] / "assets" / "sample.mp4"
+TORCH_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| of two normalised outputs in 8-bit levels (undoing the division by the channel std)."""
+    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    return (a.cpu() - b.cpu()).abs() * std * 255
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+@pytest.mark.parametrize("aspect", ["pad", "crop"])
+def test_torch_path_is_within_one_level_of_pillow_on_video_frames(device, aspect):
+    """Real frames, up- and down-scaled and padded: the torch path is the Pillow path to within 1/255."""
+    from flash_vstream.video import read_video
+
+    frames = read_video(SAMPLE_VIDEO).frames[:6]
+    h, w = frames.shape[1:3]
+    clips = [frames, np.ascontiguousarray(np.repeat(np.repeat(frames, 3, axis=1), 4, axis=2)), frames[:, : h // 2]]
+    for clip in clips:
+        pil = CLIPFrameProcessor(aspect=aspect)(clip)
+        fast = CLIPFrameProcessor(aspect=aspect, device=device)(clip)
+        assert fast.device.type == device and fast.shape == pil.shape and fast.dtype == torch.float32
+        assert float(_levels(fast, pil).max()) <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_torch_path_on_noise_stays_within_two_levels(device):
+    """Noise is the worst case (Pillow rounds to 8 bits in fixed point between its passes): <= 2 levels, rarely 1."""
+    rng = np.random.default_rng(0)
+    for h, w in SIZES:
+        frames = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+        diff = _levels(CLIPFrameProcessor(device=device)(frames), CLIPFrameProcessor()(frames))
+        assert float(diff.max()) <= 2.0 + 1e-3
+        assert float((diff > 0.5).float().mean()) < 0.01
+
+
+def test_frames_already_on_a_gpu_take_the_torch_path_and_bad_devices_are_refused():
+    frames = np.zeros((1, 30, 40, 3), dtype=np.uint8)
+    torch_frames = torch.from_numpy(frames)
+    assert torch.equal(CLIPFrameProcessor()(torch_frames), CLIPFrameProcessor()(frames))  # CPU tensors: Pillow
+    with pytest.raises(ValueError, match="device"):
+        CLIPFrameProcessor(device="gpu0")
+    with pytest.raises(TypeError, match="uint8"):  # as on the Pillow path
+        CLIPFrameProcessor(device="cpu")(frames.astype(np.float32))

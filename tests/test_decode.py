@@ -50,7 +50,10 @@ def clips(count: int = 3) -> list[np.ndarray]:
 
 
 def built_inputs(vs, question: str, frames: np.ndarray) -> dict:
-    return vs.input_builder(question, frames=frames)
+    """The answer's ``generate`` inputs, on the model's device (as ``answer`` moves them)."""
+    from flash_vstream.inference.pipeline import _to_device
+
+    return {k: _to_device(v, vs.device) for k, v in vs.input_builder(question, frames=frames).items()}
 
 
 def greedy(vs, decoder: Decoder, inputs: dict, **extra) -> torch.Tensor:
@@ -226,3 +229,24 @@ def test_defaults_and_refusals(models):
         Decoder(text, "cpu", "static").generate(vs.model, input_ids=torch.ones(1, 3, dtype=torch.long), cache=1)
     with pytest.raises(ValueError, match="decode mode"):
         vs.set_decoder("graphs")
+
+
+# --- on a GPU: the default compiled mode (inductor, CUDA graphs) ------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["star", "flash"])
+def test_cuda_graphs_decode_gives_the_eager_tokens(tmp_path, family):
+    """fp32 with TF32 off: the CUDA-graph replay computes what eager decoding computes, up to rounding."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        make = make_tiny_star if family == "star" else make_tiny_flash
+        vs = load_model(make(tmp_path / family, seed=3), device="cuda", dtype="float32")
+        assert vs.decoder.mode == "compiled" and vs.decoder.compile_seconds > 0  # compiled at load ("auto")
+        fast = [greedy(vs, vs.decoder, built_inputs(vs, q, c)) for q, c in zip(QUESTIONS, clips(), strict=True)]
+        eager = make_decoder(vs, "eager")
+        slow = [greedy(vs, eager, built_inputs(vs, q, c)) for q, c in zip(QUESTIONS, clips(), strict=True)]
+        assert all(torch.equal(a, b) for a, b in zip(fast, slow, strict=True))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -126,3 +126,50 @@ def test_bad_frames_raise():
         FlashFrameProcessor()(np.zeros((2, 56, 56, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="min_pixels"):
         FlashFrameProcessor(min_pixels=10, max_pixels=5)
+
+
+# --- the torch (GPU) path of the frame processor ---------------------------------------------------------------
+
+TORCH_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _level_diffs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| of two patch tensors in 8-bit levels (at most; the smallest channel std undoes the normalising)."""
+    from flash_vstream.vision.qwen2vl import QWEN2VL_STD
+
+    return (a.cpu() - b.cpu()).abs() * min(QWEN2VL_STD) * 255
+
+
+def _levels(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(_level_diffs(a, b).max())
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_torch_path_is_within_one_level_of_pillow_on_video_frames(device):
+    """Both resizes (factor 28 then 56) in torch: the patches of the Pillow path to within 1/255, same grid.
+
+    Two 8-bit resizes in a row can compound one level each: about one value in a million is 2/255 off.
+    """
+    from pathlib import Path
+
+    from flash_vstream.video import read_video
+
+    frames = read_video(Path(__file__).resolve().parents[1] / "assets" / "sample.mp4").frames[:5]
+    big = np.ascontiguousarray(np.repeat(np.repeat(frames, 3, axis=1), 3, axis=2))  # 720x960: downscaled
+    for clip, pixels in ((frames, 4 * 224 * 224), (big, 4 * 224 * 224), (frames, 112 * 112)):
+        patches, grid = FlashFrameProcessor(max_pixels=pixels)(clip)
+        fast, fast_grid = FlashFrameProcessor(max_pixels=pixels, device=device)(clip)
+        assert fast.device.type == device and torch.equal(fast_grid, grid) and fast.shape == patches.shape
+        diffs = _level_diffs(fast, patches)
+        assert float(diffs.max()) <= 2.0 + 1e-3
+        assert float((diffs > 1.0 + 1e-3).float().mean()) < 1e-5
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_torch_path_on_noise_stays_within_two_levels(device):
+    rng = np.random.default_rng(1)
+    for size in ((120, 160), (300, 200), (480, 854)):
+        frames = rng.integers(0, 256, (3, *size, 3), dtype=np.uint8)
+        patches, _ = FlashFrameProcessor()(frames)
+        fast, _ = FlashFrameProcessor(device=device)(frames)
+        assert _levels(fast, patches) <= 2.0 + 1e-3

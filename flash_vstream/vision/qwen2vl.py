@@ -21,7 +21,8 @@ the patch grid is a multiple of 4 and the half-resolution grid still tiles into 
 frame count is padded by repeating the last frame (two frames form one temporal patch). Qwen2-VL and
 Qwen2.5-VL share the patch layout and the normalisation, so one processor serves both. With ``device`` set (or
 frames already on a GPU) the two resizes and the normalisation run batched in torch on that device
-(:mod:`flash_vstream.vision.resize`), within one 8-bit level of the Pillow path.
+(:mod:`flash_vstream.vision.resize`), within one 8-bit level of the Pillow path (two resizes in a row can
+compound to two levels, at about one value in a million).
 
 Shapes: t: temporal patches, h/w: patch grid of a frame (pixels / 14), d: ViT width, p: patch size (14),
 m: spatial merge size (2), tp: temporal patch size (2), c: channels (3).
