@@ -20,6 +20,11 @@ def test_every_config_loads_and_names_its_command(path):
     kind = path.relative_to(ROOT).parts[0]
     if kind == "data":  # training-data mixtures
         assert Mixture.from_file(path).sources
+    elif kind == "train":  # training runs: the whole typed tree (base files, TrainingArguments) must resolve
+        from flash_vstream.train.config import load_train_config
+
+        config = load_train_config(path)
+        assert config.data.data and config.training.output_dir
     else:
         assert kind == "models", f"{path}: no test knows how to load configs/{kind}/; add it here"
         family, options = load_preset(path)

@@ -73,6 +73,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "gradient_checkpointing": True,
     # Non-reentrant checkpointing needs no inputs that require grad, so frozen embeddings and towers are fine.
     "gradient_checkpointing_kwargs": {"use_reentrant": False},
+    # A text-only sample leaves the visual parts (projector, memory, merger) without a gradient on its rank; DDP
+    # must not wait for them. Safe with non-reentrant checkpointing (transformers turns it off for reentrant).
+    "ddp_find_unused_parameters": True,
     # The collator's keys are the model's inputs; the Trainer must not drop the visual ones.
     "remove_unused_columns": False,
     "logging_steps": 1,
@@ -242,8 +245,6 @@ class TrainConfig:
     start fresh (a run folder that already holds checkpoints is then an error); or a checkpoint folder."""
 
     def __post_init__(self) -> None:
-        if not self.training.output_dir:
-            raise ConfigError("training.output_dir is required: the run folder (checkpoints, metrics, the model)")
         if self.resume not in RESUME_MODES and not Path(self.resume).is_dir():
             raise ConfigError(f"resume must be 'auto', 'never' or an existing checkpoint folder, got {self.resume!r}")
 
@@ -301,7 +302,10 @@ def build_config(tree: dict, where: str = "config") -> TrainConfig:
     try:
         model = build_dataclass(ModelArgs, tree.get("model") or {}, "model")
         data = build_dataclass(DataArgs, tree.get("data") or {}, "data")
-        training = build_training_arguments(_with_defaults(tree.get("training") or {}))
+        training_tree = tree.get("training") or {}
+        if not training_tree.get("output_dir"):  # transformers would default it to ./trainer_output
+            raise ConfigError("training.output_dir is required: the run folder (checkpoints, metrics, the model)")
+        training = build_training_arguments(_with_defaults(training_tree))
         resume = tree.get("resume", "auto")
         if not isinstance(resume, str):
             raise ConfigError(f"resume must be a string ('auto', 'never' or a folder), got {resume!r}")
@@ -311,12 +315,20 @@ def build_config(tree: dict, where: str = "config") -> TrainConfig:
 
 
 def _with_defaults(training: dict) -> dict:
-    """The project defaults under the file's values (a default is dropped when the file sets its alias)."""
+    """The project defaults under the file's values (a default is dropped when the file sets its alias).
+
+    Without CUDA ``use_cpu`` defaults to true: accelerate treats a ``torchrun`` or ``deepspeed`` launch as
+    multi-process CPU training (gloo) only then.
+    """
+    import torch
+
     defaults = training_defaults()
     for old, new in _RENAMED.items():
         if old in training or new in training:
             defaults.pop(old, None)
             defaults.pop(new, None)
+    if not torch.cuda.is_available():
+        defaults["use_cpu"] = True
     return {**defaults, **training}
 
 

@@ -153,7 +153,26 @@ def _build_from_parts(args: ModelArgs):
             f"{missing[:10]}, unexpected {sorted(info['unexpected_keys'])[:10]}; pass a causal LM folder and a CLIP "
             "vision folder"
         )
+    _initialise_memory_buffers(model, info["missing_keys"])
     return model.train(), tokenizer
+
+
+def _initialise_memory_buffers(model, missing: list[str]) -> None:
+    """Give the memory's missing buffers their defined initial values.
+
+    ``from_pretrained`` initialises missing *parameters* (``_init_weights``) but leaves missing buffers as the
+    uninitialised memory they were materialised in; the memory's load-only buffers are never trained, so they
+    would be saved as garbage. A freshly built memory holds their defined values.
+    """
+    from flash_vstream.memory.star import StarMemory
+
+    buffers = dict(model.named_buffers())
+    keys = [k for k in missing if k in buffers and k.startswith("memory.")]
+    if keys:
+        fresh = StarMemory(model.config.star_memory_config()).state_dict()
+        with torch.no_grad():
+            for key in keys:
+                buffers[key].copy_(fresh[key.removeprefix("memory.")])
 
 
 def _set_template(model, family: str, template: str | None) -> None:
