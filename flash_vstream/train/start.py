@@ -116,6 +116,7 @@ def _load_checkpoint(args: ModelArgs):
 def _build_from_parts(args: ModelArgs):
     """A new STAR model from a plain causal LM folder and a CLIP vision tower (config built here)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from flash_vstream.config import FlashVStreamConfig
     from flash_vstream.model.checkpoints import _quiet_load_report
@@ -124,6 +125,12 @@ def _build_from_parts(args: ModelArgs):
 
     dtype = getattr(torch, args.dtype)
     text = AutoConfig.from_pretrained(args.llm)
+    if text.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(
+            f"model.llm {args.llm} holds a {text.model_type!r} checkpoint, not a causal language model; point it at "
+            "an LLM folder such as a local copy of lmsys/vicuna-7b-v1.5"
+        )
+    _check_clip_folder(args.vision_tower)
     vision = clip_vision_config(args.vision_tower)
     tokenizer = AutoTokenizer.from_pretrained(args.llm)
     # A chat LM (Qwen2-Instruct) brings its template; a plain LLaMA/Vicuna trains with vicuna_v1 (or plain).
@@ -136,8 +143,16 @@ def _build_from_parts(args: ModelArgs):
         conv_template=template,
         vision_tower_name=str(args.vision_tower),
     )
-    llm = AutoModelForCausalLM.from_pretrained(args.llm, dtype=dtype)
-    clip = CLIPVisionModel.from_pretrained(args.vision_tower, dtype=dtype)
+    with _quiet_load_report():
+        llm, llm_info = AutoModelForCausalLM.from_pretrained(args.llm, dtype=dtype, output_loading_info=True)
+        clip, clip_info = CLIPVisionModel.from_pretrained(args.vision_tower, dtype=dtype, output_loading_info=True)
+    for field, folder, info in (("llm", args.llm, llm_info), ("vision_tower", args.vision_tower, clip_info)):
+        if info["missing_keys"]:
+            raise ValueError(
+                f"model.{field} {folder} lacks {len(info['missing_keys'])} weights of its model (e.g. "
+                f"{sorted(info['missing_keys'])[0]}); point it at a complete "
+                f"{'causal LM' if field == 'llm' else 'CLIP vision'} checkpoint folder"
+            )
     state = {f"language_model.{k}": v for k, v in llm.state_dict().items()}
     state.update({f"vision_tower.clip.{k}": v for k, v in clip.state_dict().items()})
     del llm, clip
@@ -155,6 +170,21 @@ def _build_from_parts(args: ModelArgs):
         )
     _initialise_memory_buffers(model, info["missing_keys"])
     return model.train(), tokenizer
+
+
+def _check_clip_folder(folder) -> None:
+    """A local ``model.vision_tower`` folder must hold a CLIP config (transformers would read any config.json)."""
+    import json
+    from pathlib import Path
+
+    config = Path(folder) / "config.json"
+    if config.is_file():
+        model_type = json.loads(config.read_text()).get("model_type")
+        if model_type not in ("clip", "clip_vision_model"):
+            raise ValueError(
+                f"model.vision_tower {folder} holds a {model_type!r} checkpoint, not CLIP; point it at a CLIP "
+                "(vision) folder such as a local copy of openai/clip-vit-large-patch14"
+            )
 
 
 def _initialise_memory_buffers(model, missing: list[str]) -> None:
