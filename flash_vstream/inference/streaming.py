@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -188,19 +189,21 @@ class StreamSession:
         self._cv = threading.Condition()  # guards self._s (queue and counters); short holds only
         self._model_lock = threading.Lock()  # the model and the memory state: one user at a time
         self._closed = False
+        self._live: dict = {}  # the current stream and worker, for the exit-time finalizer
         self._open_stream()
+        # A session still open when the interpreter exits is stopped first: a worker thread killed inside torch
+        # aborts the process.
+        weakref.finalize(self, _stop_worker, self._cv, self._live)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def _open_stream(self) -> None:
         self._s = _Stream(state=self.backend.init_state())
         self._worker = threading.Thread(target=self._run, args=(self._s,), name="stream-ingest", daemon=True)
+        self._live.update(stream=self._s, worker=self._worker)
         self._worker.start()
 
     def _stop_worker(self) -> None:
-        with self._cv:
-            self._s.stopping = True
-            self._cv.notify_all()
-        self._worker.join()
+        _stop_worker(self._cv, self._live)
 
     def reset(self) -> None:
         """Start a new stream: empty memory, queue, prefix cache and counters (also after a worker error).
@@ -303,6 +306,7 @@ class StreamSession:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
+            self._cv.notify_all()  # the frames this push queued so far: the worker may be waiting for them
             self._cv.wait(left)
         self._check_usable(s)
         while len(s.queue) >= self.queue_frames:
@@ -509,6 +513,14 @@ class StreamSession:
         state = s.state
         return StreamStats(**counters, device_nbytes=state.device_nbytes(), bank_nbytes=state.bank_nbytes(),
                            bank_entries=state.bank_entries, prefix_nbytes=0 if latest is None else latest.nbytes())
+
+
+def _stop_worker(cv: threading.Condition, live: dict) -> None:
+    """Ask the worker of ``live["stream"]`` to stop and join it."""
+    with cv:
+        live["stream"].stopping = True
+        cv.notify_all()
+    live["worker"].join()
 
 
 class _FirstToken(BaseStreamer):

@@ -193,8 +193,8 @@ class FrameSource:
                         return
                 if not self._put((self._to_array(frame), seconds)):
                     return
-        except Exception as err:  # any failure mid-stream ends it as "broken", with the reason in one line
-            reason, detail = "broken", self._explain(err)
+        except Exception as err:  # any failure mid-stream ends the stream, with the reason in one line
+            reason, detail = self._ending(err)
         finally:
             self._reading_since = None
             self._release()
@@ -229,8 +229,9 @@ class FrameSource:
                 continue
         return False
 
-    def _explain(self, err: Exception) -> str:
-        return one_line(err)
+    def _ending(self, err: Exception) -> tuple[str, str]:
+        """``(reason, detail)`` of a failure of the source mid-stream."""
+        return "broken", one_line(err)
 
     def _finish(self, reason: str, detail: str) -> None:
         self._stop.set()
@@ -296,10 +297,12 @@ class _AVSource(FrameSource):
     def _to_array(self, frame: av.VideoFrame) -> np.ndarray:
         return frame.to_ndarray(format="rgb24")  # (h, w, 3)
 
-    def _explain(self, err: Exception) -> str:
+    def _ending(self, err: Exception) -> tuple[str, str]:
+        if isinstance(err, av.error.ExitError | av.error.TimeoutError):  # FFmpeg's read timeout interrupted it
+            return "stalled", f"no data for {self.stall_timeout:g} s (stall timeout {self.stall_timeout:g} s)"
         said = ffmpeg_reason(list(self._recent))
         own = one_line(getattr(err, "strerror", None) or err)
-        return f"{said} ({own})" if said and said not in own else own
+        return "broken", f"{said} ({own})" if said and said not in own else own
 
     def _release(self) -> None:
         container, self._container = getattr(self, "_container", None), None
