@@ -73,9 +73,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "gradient_checkpointing": True,
     # Non-reentrant checkpointing needs no inputs that require grad, so frozen embeddings and towers are fine.
     "gradient_checkpointing_kwargs": {"use_reentrant": False},
-    # A text-only sample leaves the visual parts (projector, memory, merger) without a gradient on its rank; DDP
-    # must not wait for them. Safe with non-reentrant checkpointing (transformers turns it off for reentrant).
-    "ddp_find_unused_parameters": True,
     # The collator's keys are the model's inputs; the Trainer must not drop the visual ones.
     "remove_unused_columns": False,
     "logging_steps": 1,

@@ -33,6 +33,8 @@ class FamilyTraining:
 
     decoder_prefix: str
     """Module-name prefix of the language model's decoder layers (their linears get LoRA by default)."""
+    visual_prefixes: tuple[str, ...]
+    """Parameter-name prefixes of the parts a text-only sample does not reach (vision tower, memory, projector)."""
     extra_lora_targets: tuple[str, ...]
     """Further module names that get LoRA by default (the Flash merger MLP, as published)."""
     modules_to_save: tuple[str, ...]
@@ -48,6 +50,7 @@ FAMILY_TRAINING = {
     # modules_to_save wrapper would not see it: in a STAR LoRA run the memory keeps its weights.
     "star": FamilyTraining(
         decoder_prefix="language_model.model.layers.",
+        visual_prefixes=("vision_tower.", "memory.", "projector."),
         extra_lora_targets=(),
         modules_to_save=("projector",),
         templates=("plain", "vicuna_v1", "chat_template"),
@@ -55,6 +58,7 @@ FAMILY_TRAINING = {
     ),
     "flash": FamilyTraining(
         decoder_prefix="model.language_model.layers.",
+        visual_prefixes=("model.visual.",),
         extra_lora_targets=("model.visual.merger.mlp.0", "model.visual.merger.mlp.2"),
         modules_to_save=("lm_head",),
         templates=("chat_template",),

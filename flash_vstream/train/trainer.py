@@ -65,13 +65,56 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
-class FlashVStreamTrainer(Trainer):
-    """The ``Trainer`` with :class:`SeededLengthGroupedSampler` over ``train_dataset.lengths``.
+VISUAL_INPUTS = ("pixel_values", "features", "pixel_values_videos")
+"""Batch keys of visual inputs (STAR frames or features, Flash video patches)."""
 
-    Used when ``training.train_sampling_strategy`` is ``group_by_length``; every other strategy is the
-    ``Trainer``'s own. Groups span one global optimiser step (per-device batch x accumulation x processes), so
-    the samples of one step have similar lengths on every rank.
+
+class FlashVStreamTrainer(Trainer):
+    """The ``Trainer`` with a length-grouped sampler and a loss that reaches the visual parts in every batch.
+
+    - Sampler: :class:`SeededLengthGroupedSampler` over ``train_dataset.lengths`` when
+      ``training.train_sampling_strategy`` is ``group_by_length`` (every other strategy is the ``Trainer``'s own).
+      Groups span one global optimiser step (per-device batch x accumulation x processes), so the samples of one
+      step have similar lengths on every rank.
+    - Loss: a batch of text-only samples never runs the vision tower, memory or projector, so their trainable
+      weights get no gradient on that rank while other ranks' batches give them one, and DDP waits forever;
+      length grouping makes such batches common (text-only samples are the short ones). Such a batch's loss gets
+      an exact ``+ 0`` that depends on each of those weights, so every rank reduces the same gradients (zeros
+      where the batch has no visual input). DDP and ZeRO-1 reduce in a fixed order and give exactly the
+      one-process result; ZeRO-2/3 reduce in the order gradients appear, which such a batch changes, so
+      :func:`check_zero_data` refuses them for data with text-only samples on more than one process.
+
+    Args:
+        visual_prefixes: parameter-name prefixes of the visual parts (``FAMILY_TRAINING[family]``).
+        *args, **kwargs: the ``Trainer``'s.
     """
+
+    def __init__(self, *args, visual_prefixes: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.visual_prefixes = tuple(visual_prefixes)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        anchors = [] if any(key in inputs for key in VISUAL_INPUTS) else self._visual_anchors()
+        if not anchors:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        loss = loss + sum(p.view(-1)[:1].sum() for p in anchors) * 0.0  # (the gradient: zeros of each shape)
+        return (loss, outputs) if return_outputs else loss
+
+    def _visual_anchors(self) -> list[torch.Tensor]:
+        """The trainable visual parameters (none under ZeRO-3, whose parameters live partitioned)."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if not self.visual_prefixes or is_deepspeed_zero3_enabled():
+            return []
+        return [
+            p
+            for name, p in _base_model(self.model).named_parameters()
+            if p.requires_grad and name.startswith(self.visual_prefixes)
+        ]
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -138,6 +181,8 @@ def run_training(config: TrainConfig, callbacks: list | tuple = ()) -> RunResult
     # --- model and data ---------------------------------------------------------------------------------
     start = build_start(config.model)
     dataset = build_dataset(config, start)
+    check_zero_data(dataset.samples, args, world_size)
+    check_zero_model(start, args)
     from flash_vstream.train.collate import collator_for
 
     trainer = FlashVStreamTrainer(
@@ -146,6 +191,7 @@ def run_training(config: TrainConfig, callbacks: list | tuple = ()) -> RunResult
         train_dataset=dataset,
         data_collator=collator_for(_base_model(start.model), start.tokenizer),
         processing_class=start.tokenizer,
+        visual_prefixes=FAMILY_TRAINING[start.family].visual_prefixes,
         callbacks=[MetricsJsonl(output_dir, resume_step(resume)), ConfigIntoCheckpoints(config), *callbacks],
     )
 
@@ -227,6 +273,53 @@ def build_dataset(config: TrainConfig, start: StartPoint):
     return TrainDataset(samples, encoder)
 
 
+def zero_stage(args) -> int:
+    """The DeepSpeed ZeRO stage of ``args`` (0 without DeepSpeed)."""
+    ds = getattr(args, "hf_deepspeed_config", None)
+    if ds is None:
+        return 0
+    return int(ds.config.get("zero_optimization", {}).get("stage", 0))
+
+
+def check_zero_data(samples, args, world_size: int) -> None:
+    """Refuse ZeRO-2/3 on several processes for data holding text-only samples (see :class:`FlashVStreamTrainer`).
+
+    Raises:
+        ConfigError: naming the DeepSpeed config, the first text-only row and the ways out.
+    """
+    stage = zero_stage(args)
+    if world_size < 2 or stage < 2:
+        return
+    text_only = [s for s in samples if not s.media]
+    if text_only:
+        raise ConfigError(
+            f"training.deepspeed {args.deepspeed} runs ZeRO-{stage} on {world_size} processes, and {len(text_only)} "
+            f"of the {len(samples)} samples are text-only (e.g. {text_only[0].where}): a text-only batch changes the "
+            "order in which ZeRO-2/3 reduce gradients, and the ranks' reductions then disagree. Use "
+            "configs/deepspeed/zero1.json or no DeepSpeed (both exact with such data), or drop the text-only rows"
+        )
+
+
+def check_zero_model(start: StartPoint, args) -> None:
+    """Refuse ZeRO-3 for a STAR model whose memory trains.
+
+    ZeRO-3 gathers a module's weights only around its ``forward``; the STAR memory's attention is driven through
+    its own methods (and its exact-zero term reads the weights directly), so it would see empty shards.
+
+    Raises:
+        ConfigError: naming the flag and the ways out.
+    """
+    if zero_stage(args) < 3 or start.family != "star":
+        return
+    memory = _base_model(start.model).memory
+    if any(p.requires_grad for p in memory.parameters()):
+        raise ConfigError(
+            f"training.deepspeed {args.deepspeed} runs ZeRO-3, which cannot shard the STAR memory's attention "
+            "(it runs outside forward); use configs/deepspeed/zero2.json or zero1.json, or set "
+            "model.memory_trainable=false"
+        )
+
+
 def save_outputs(trainer: Trainer, config: TrainConfig, start: StartPoint) -> tuple[Path | None, Path | None]:
     """Write the trained model (or the LoRA adapter, and with ``merge`` the merged model) and the config.
 
@@ -258,7 +351,10 @@ def merge_adapter(config: TrainConfig, adapter_dir: Path, out: Path, tokenizer) 
     seed is set first, so the parts a model built from an LLM + a vision tower initialises come out the same.
     """
     from peft import PeftModel
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+    # Training is over: a live ZeRO-3 config would make from_pretrained partition the rebuilt base model.
+    unset_hf_deepspeed_config()
     set_seed(config.training.seed)
     base = build_start(config.model, with_lora=False)
     merged = PeftModel.from_pretrained(base.model, str(adapter_dir)).merge_and_unload()

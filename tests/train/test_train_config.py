@@ -47,8 +47,7 @@ def test_project_defaults_and_file_values_over_them(minimal, tmp_path):
     config = load_train_config(minimal)
     training = config.training
     assert training.gradient_checkpointing and training.gradient_checkpointing_kwargs == {"use_reentrant": False}
-    assert (training.remove_unused_columns, training.logging_steps, training.ddp_find_unused_parameters) == (
-        False, 1, True)
+    assert (training.remove_unused_columns, training.logging_steps, training.report_to) == (False, 1, [])
     own = write(tmp_path / "own.yaml", {**MINIMAL, "training": {"output_dir": "run", "logging_steps": 5}})
     assert load_train_config(own).training.logging_steps == 5
 

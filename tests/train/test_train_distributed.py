@@ -38,10 +38,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cli_args(config) -> list[str]:
-    """The command-line overrides that rebuild ``config``'s run from ``configs/train/star_debug.yaml``."""
+def cli_args(config, recipe: str = "star_debug") -> list[str]:
+    """The command line that rebuilds ``config``'s run from ``configs/train/<recipe>.yaml``."""
     return [
-        "--config", str(REPO / "configs" / "train" / "star_debug.yaml"),
+        "--config", str(REPO / "configs" / "train" / f"{recipe}.yaml"),
         f"model.start={config.model.start}", f"data.data={config.data.data}",
         f"data.media_root={config.data.media_root}", f"training.output_dir={config.training.output_dir}",
         f"training.max_steps={config.training.max_steps}", f"training.save_steps={config.training.save_steps}",
@@ -114,8 +114,7 @@ def test_deepspeed_launcher_two_processes_match_one_process(tiny, tmp_path):
     launcher = shutil.which("deepspeed")
     if launcher is None:
         pytest.skip("the deepspeed launcher is not on PATH")
-    # Every sample has a video: under ZeRO a rank whose batch is text-only leaves the projector and memory
-    # without a gradient, and the ranks' gradient reductions no longer match (a gloo size mismatch).
+    # Every sample has a video (ZeRO-2 refuses text-only samples on several processes, see the next test).
     captions = REPO / "configs" / "train" / "debug_captions.jsonl"
     extra = ("training.max_steps=4", "training.save_steps=4", f"data.data={captions}")
     one = run_training(recipe_config("star_debug", tiny, tmp_path / "one", *extra,
@@ -128,3 +127,67 @@ def test_deepspeed_launcher_two_processes_match_one_process(tiny, tmp_path):
     got, expected = step_losses(tmp_path / "two"), step_losses(one.output_dir)
     torch.testing.assert_close([loss for _, loss in got], [loss for _, loss in expected], atol=1e-5, rtol=0)
     assert Path(tmp_path / "two" / "checkpoint-4" / "global_step4").is_dir()
+
+
+def test_zero2_and_zero3_on_several_processes_refuse_text_only_samples(tiny, tmp_path):
+    from flash_vstream.train.config import ConfigError
+    from flash_vstream.train.data import Media, Sample, Turn
+    from flash_vstream.train.trainer import check_zero_data
+
+    turns = (Turn("user", "hi"), Turn("assistant", "hello"))
+    video = Sample("v", (Media("frames", tmp_path, 3),), turns, "rows.jsonl", 1)
+    text = Sample("t", (), turns, "rows.jsonl", 2)
+    for name, stage in (("zero1.json", 1), ("zero2.json", 2), ("zero3.json", 3)):
+        args = recipe_config("star_debug", tiny, tmp_path / name, f"training.deepspeed={DEEPSPEED_CONFIGS / name}")
+        check_zero_data([video, text], args.training, world_size=1)  # one process: nothing to disagree with
+        check_zero_data([video, video], args.training, world_size=2)
+        if stage == 1:
+            check_zero_data([video, text], args.training, world_size=2)  # ZeRO-1 reduces in a fixed order
+        else:
+            with pytest.raises(ConfigError, match=rf"ZeRO-{stage} on 2 processes, and 1 of the 2 samples are "
+                                                  r"text-only \(e\.g\. rows\.jsonl:2\)"):
+                check_zero_data([video, text], args.training, world_size=2)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero1_two_processes_with_text_only_samples_match_one_process(tiny, tmp_path):
+    pytest.importorskip("deepspeed")
+    launcher = shutil.which("deepspeed")
+    if launcher is None:
+        pytest.skip("the deepspeed launcher is not on PATH")
+    extra = ("training.max_steps=4", "training.save_steps=4")
+    one = run_training(recipe_config("star_debug", tiny, tmp_path / "one", *extra,
+                                     "training.per_device_train_batch_size=2"))
+    two = recipe_config("star_debug", tiny, tmp_path / "two", *extra, "training.per_device_train_batch_size=1")
+    prefix = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "--module",
+              "flash_vstream.train.train_cli"]
+    run_cli(prefix, [*cli_args(two), f"training.deepspeed={DEEPSPEED_CONFIGS / 'zero1.json'}"],
+            {"DS_ACCELERATOR": "cpu"})
+    got, expected = step_losses(tmp_path / "two"), step_losses(one.output_dir)
+    torch.testing.assert_close([loss for _, loss in got], [loss for _, loss in expected], atol=1e-5, rtol=0)
+
+
+def test_zero3_refuses_a_star_model_whose_memory_trains(tiny, tmp_path):
+    from flash_vstream.train.config import ConfigError
+    from flash_vstream.train.start import build_start
+    from flash_vstream.train.trainer import check_zero_model
+
+    # The models are built first: a live ZeRO-3 TrainingArguments makes from_pretrained shard (and join a group).
+    trained = build_start(recipe_config("star_debug", tiny, tmp_path / "a").model)
+    frozen = build_start(recipe_config("star_debug", tiny, tmp_path / "b", "model.memory_trainable=false").model)
+    zero3 = recipe_config("star_debug", tiny, tmp_path / "c", f"training.deepspeed={DEEPSPEED_CONFIGS / 'zero3.json'}")
+    with pytest.raises(ConfigError, match="ZeRO-3, which cannot shard the STAR memory's attention"):
+        check_zero_model(trained, zero3.training)
+    check_zero_model(frozen, zero3.training)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_flash_lora_on_cpu_trains_and_merges(tiny, tmp_path):
+    pytest.importorskip("deepspeed")
+    config = recipe_config("flash_debug", tiny, tmp_path / "zero3", "training.max_steps=3", "training.save_steps=3")
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
+    args = [*cli_args(config, "flash_debug"), f"training.deepspeed={DEEPSPEED_CONFIGS / 'zero3.json'}"]
+    run_cli([sys.executable, "-m", "flash_vstream.train.train_cli"], args, env)
+    assert [s for s, _ in step_losses(tmp_path / "zero3")] == [1, 2, 3]
+    assert load_model(tmp_path / "zero3", device="cpu").family == "flash"  # the merged model
