@@ -36,7 +36,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from flash_vstream.distributed import cleanup_distributed, init_distributed, print0
 from flash_vstream.train.callbacks import ConfigIntoCheckpoints, MetricsJsonl
-from flash_vstream.train.config import ConfigError, TrainConfig, dump_config
+from flash_vstream.train.config import CONFIG_FILE, ConfigError, TrainConfig, config_to_dict, dump_config
 from flash_vstream.train.start import FAMILY_TRAINING, StartPoint, build_start
 
 __all__ = ["ADAPTER_DIR", "FlashVStreamTrainer", "RunResult", "SeededLengthGroupedSampler", "run_training"]
@@ -173,6 +173,9 @@ def run_training(config: TrainConfig, callbacks: list | tuple = ()) -> RunResult
     args = config.training
     output_dir = Path(args.output_dir)
     resume = resolve_resume(config.resume, output_dir)
+    if resume is not None:
+        for line in changed_settings(resume / CONFIG_FILE, config):
+            print0(f"train: resuming with a changed setting: {line}")
     if rank == 0:
         dump_config(config, output_dir)
     print0(f"train: {world_size} process(es), run folder {output_dir}" + (f", resuming {resume}" if resume else ""))
@@ -231,6 +234,30 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     if not (folder / "trainer_state.json").is_file():
         raise ConfigError(f"resume={resume} is not a Trainer checkpoint folder (no trainer_state.json in it)")
     return folder
+
+
+def changed_settings(saved: Path, config: TrainConfig) -> list[str]:
+    """``"key: old -> new"`` for every leaf of ``config`` that differs from the resolved config in ``saved``."""
+    if not saved.is_file():
+        return []
+    import yaml
+
+    old, new = _leaves(yaml.safe_load(saved.read_text()) or {}), _leaves(config_to_dict(config))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and key != "resume"
+    ]
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def resume_step(checkpoint: Path | None) -> int | None:

@@ -158,7 +158,7 @@ class Interrupt(TrainerCallback):
             raise KeyboardInterrupt(f"interrupted before step {self.at}")
 
 
-def test_interrupted_run_resumes_to_the_same_losses_and_weights(tiny, tmp_path):
+def test_interrupted_run_resumes_to_the_same_losses_and_weights(tiny, tmp_path, capsys):
     # 8 samples, 2 per step: 4 steps per epoch, a checkpoint at step 5 (mid-epoch 2), interrupted before step 7.
     extra = ("training.max_steps=8", "training.save_steps=5")
     whole = run_training(recipe_config("star_debug", tiny, tmp_path / "whole", *extra))
@@ -167,6 +167,7 @@ def test_interrupted_run_resumes_to_the_same_losses_and_weights(tiny, tmp_path):
         run_training(cut, callbacks=[Interrupt(at=7)])
     assert [s for s, _ in step_losses(tmp_path / "cut")] == [1, 2, 3, 4, 5, 6]
     resumed = run_training(recipe_config("star_debug", tiny, tmp_path / "cut", *extra))  # resume: auto
+    assert "resuming" in capsys.readouterr().out
     assert step_losses(tmp_path / "cut") == step_losses(tmp_path / "whole")  # exactly: same order, same RNG
     a = load_model(whole.model_dir, device="cpu", dtype="float32").model.state_dict()
     b = load_model(resumed.model_dir, device="cpu", dtype="float32").model.state_dict()
@@ -180,3 +181,14 @@ def test_resume_never_refuses_a_run_folder_with_checkpoints(runs, tiny):
     again = recipe_config("star_debug", tiny, result.output_dir, "resume=never")
     with pytest.raises(ConfigError, match="already holds checkpoint-16"):
         run_training(again)
+
+
+def test_changed_settings_are_listed_on_resume(runs, tiny, tmp_path):
+    from flash_vstream.train.trainer import changed_settings
+
+    config, result, _, _ = runs["star_debug"]
+    checkpoint = result.output_dir / "checkpoint-8" / CONFIG_FILE
+    assert changed_settings(checkpoint, config) == []
+    changed = load_train_config(checkpoint, ["training.learning_rate=0.5", "model.lora.r=4"])
+    assert changed_settings(checkpoint, changed) == [
+        "model.lora.r: 64 -> 4", f"training.learning_rate: {config.training.learning_rate!r} -> 0.5"]
