@@ -1,7 +1,8 @@
 """Decode speed of both families at full size (random weights), eager against the compiled static-cache decoder.
 
 For each family (STAR: Vicuna-7B shape with a 681-token memory; Flash: Qwen2-VL-7B with an 11,520-token memory),
-bf16, batch 1, one GPU, through :class:`flash_vstream.inference.decode.Decoder` exactly as answers use it:
+bf16, batch 1, one GPU, through :class:`flash_vstream.inference.decode.Decoder` exactly as answers use it (the
+static cache sized as ``FlashVStream.set_decoder`` sizes it by default: 1,792 and 12,544 positions):
   1. the compile cost of the compiled mode (``Decoder.warmup``: a short answer that traces, compiles and
      captures the decode step), and whether any timed call recompiled (TorchDynamo's graph count);
   2. per mode, ``generate`` of 1 token and of 128 forced tokens (``min_new_tokens = max_new_tokens``, so EOS
@@ -30,7 +31,7 @@ from benchlib import environment, launch_overhead_us, peak_gib, spread, sync, ti
 from transformers import CompileConfig, LlamaConfig
 
 from flash_vstream.config import FlashVStreamConfig
-from flash_vstream.inference.decode import Decoder
+from flash_vstream.inference.decode import Decoder, cache_len_for
 from flash_vstream.memory.flash import FlashMemoryConfig
 from flash_vstream.model.modeling import FlashVStreamForCausalLM
 from flash_vstream.model.qwen2vl import FlashVStreamQwen2VLConfig, FlashVStreamQwen2VLForConditionalGeneration
@@ -127,8 +128,8 @@ def graph_count() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
-def bench_mode(model, target, decoder: Decoder, make_prompt, repeats: int, device) -> dict:
-    """Time 1-token and 128-token answers of ``decoder`` on fresh prompts."""
+def bench_mode(model, target, decoder: Decoder, make_prompt, repeats: int, device, first_only: bool = False) -> dict:
+    """Time 1-token and 128-token answers of ``decoder`` on fresh prompts (``first_only``: 1-token ones only)."""
 
     def generate(prompt: dict, tokens: int) -> None:
         out = decoder.generate(target, **prompt, do_sample=False, pad_token_id=0, min_new_tokens=tokens,
@@ -137,9 +138,11 @@ def bench_mode(model, target, decoder: Decoder, make_prompt, repeats: int, devic
         if new != tokens:  # the forced length is the point of the measurement
             raise RuntimeError(f"generate returned {new} new tokens, expected {tokens}")
 
-    generate(make_prompt(), DECODE_TOKENS)  # untimed: first use of this mode's paths
+    generate(make_prompt(), 1 if first_only else DECODE_TOKENS)  # untimed: first use of this mode's paths
     graphs = graph_count()
     one = time_calls(lambda p: generate(p, 1), [make_prompt() for _ in range(repeats)], device)
+    if first_only:
+        return {"generate_1_token_ms": spread(one)}
     full = time_calls(lambda p: generate(p, DECODE_TOKENS), [make_prompt() for _ in range(repeats)], device)
     one_median = float(np.median(one))
     per_token = [(t - one_median) / (DECODE_TOKENS - 1) for t in full]
@@ -151,11 +154,17 @@ def bench_mode(model, target, decoder: Decoder, make_prompt, repeats: int, devic
     }
 
 
-def bench_family(name, model, target, make_prompt, warm_prompt, repeats, device, compile_config, modes) -> dict:
+def bench_family(name, model, target, make_prompt, warm_prompt, repeats, device, compile_config, modes,
+                 max_cache_len, first_only_modes=()) -> dict:
     results = {"prompt_tokens": int(next(iter(make_prompt().values())).shape[1])}
+    for mode in first_only_modes:  # time to first token only (prefill through this mode's cache)
+        decoder = Decoder.for_model(model, mode, max_cache_len=max_cache_len)
+        results[f"{mode}_first_token_only"] = bench_mode(model, target, decoder, make_prompt, repeats, device, True)
+        print(f"[{name}] {mode} 1 token: {results[f'{mode}_first_token_only']['generate_1_token_ms']}", flush=True)
     for mode in modes:
         torch._dynamo.reset()
-        decoder = Decoder.for_model(model, mode, compile_config=compile_config)
+        decoder = Decoder.for_model(model, mode, compile_config=compile_config, max_cache_len=max_cache_len)
+        results["decoder_attention"] = model.config.get_text_config(decoder=True)._attn_implementation
         if mode == "compiled":
             prompt = warm_prompt()
             graphs = graph_count()
@@ -203,6 +212,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure")
     parser.add_argument("--families", default="star,flash", help="comma-separated: star, flash")
     parser.add_argument("--modes", default="eager,compiled", help="comma-separated decode modes to time")
+    parser.add_argument("--first-token-modes", default="", help="comma-separated modes timed for 1 token only")
     parser.add_argument("--skip-preprocess", action="store_true", help="do not time frame preprocessing")
     args = parser.parse_args()
     tiny = args.tiny
@@ -212,6 +222,7 @@ def main() -> None:
         compile_config = CompileConfig(backend="eager", fullgraph=True, mode=None)
         compile_config._compile_all_devices = True
     modes = args.modes.split(",")
+    first_only = [m for m in args.first_token_modes.split(",") if m]
     results = {"environment": environment(device), "launch_overhead_us": launch_overhead_us(device),
                "dtype": str(dtype), "decode_tokens": DECODE_TOKENS, "repeats": args.repeats}
 
@@ -227,7 +238,8 @@ def main() -> None:
             results["star_build_seconds"] = round(time.perf_counter() - start, 1)
             results["star"] = bench_family(
                 "star", model, model.language_model, lambda: star_prompt(model, device, dtype),
-                lambda: star_prompt(model, device, dtype, frames=2), args.repeats, device, compile_config, modes)
+                lambda: star_prompt(model, device, dtype, frames=2), args.repeats, device, compile_config, modes,
+                cache_len_for(model.memory.num_tokens(1 << 20)), first_only)
             results["star"]["peak_gpu_gib"] = peak_gib(device)
             del model
             gc.collect()
@@ -242,7 +254,8 @@ def main() -> None:
             grid = (8, 8) if tiny else (32, 32)
             results["flash"] = bench_family(
                 "flash", model, model, lambda: flash_prompt(model, device, dtype, 8 if tiny else 120, grid),
-                lambda: flash_prompt(model, device, dtype, 1, (8, 8)), args.repeats, device, compile_config, modes)
+                lambda: flash_prompt(model, device, dtype, 1, (8, 8)), args.repeats, device, compile_config, modes,
+                cache_len_for(model.flash_memory.num_tokens(1 << 20, grid_hw=(32, 32))), first_only)
             results["flash"]["peak_gpu_gib"] = peak_gib(device)
             del model
             gc.collect()

@@ -24,6 +24,7 @@ with exactly the tokens of the all-frames path. Peak RAM is one chunk of frames 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import CompileConfig
 
-from flash_vstream.inference.decode import Decoder
+from flash_vstream.inference.decode import Decoder, cache_len_for
 from flash_vstream.video import FrameSampler, read_video
 from flash_vstream.video.reader import iter_video
 
@@ -109,8 +110,9 @@ class FlashVStream:
             mode: ``"auto"`` (``"compiled"`` on CUDA, else ``"eager"``), ``"eager"`` (transformers' default
                 ``generate``: the switch that turns fast decoding off), ``"static"`` (static KV cache, no
                 compilation) or ``"compiled"`` (static KV cache, decode step compiled into CUDA graphs).
-            max_cache_len: positions of the static cache: the longest prompt plus answer expected (default:
-                the decoder's ``max_position_embeddings``, at most 16,384). A longer one grows it and recompiles.
+            max_cache_len: positions of the static cache: the longest prompt plus answer expected (default: the
+                family's largest memory read-out plus 1,024 text tokens, :data:`MAX_VISUAL_TOKENS`: 1,792 for STAR,
+                12,544 for Flash at 448x448). A longer prompt grows it and recompiles.
             compile_config: transformers ``CompileConfig`` of the compiled mode (default: inductor with
                 ``mode="reduce-overhead"``).
             warmup: compile (with a short warm-up answer) now; its cost is ``decoder.compile_seconds``.
@@ -121,6 +123,8 @@ class FlashVStream:
         Raises:
             ValueError: for an unknown mode or a bad ``max_cache_len``.
         """
+        if max_cache_len is None and self.family in MAX_VISUAL_TOKENS:
+            max_cache_len = cache_len_for(MAX_VISUAL_TOKENS[self.family](self))
         self.decoder = Decoder.for_model(self.model, mode, max_cache_len=max_cache_len, compile_config=compile_config)
         if warmup:
             self.decoder.warmup(self._warmup_answer)
@@ -220,6 +224,19 @@ CHUNKED_VIDEO_FEATURES: dict[str, Callable[[FlashVStream, str | Path, bool], tor
 }
 """Family -> how ``answer(video=...)`` turns a video into features chunk by chunk. Families not listed read
 their sampled frames in one go (Flash: at most 240 frames)."""
+
+
+def _flash_max_visual_tokens(vs: FlashVStream) -> int:
+    """Flash: a long clip at the largest frame the pixel budget allows (the token count grows with the area)."""
+    side = math.isqrt(vs.input_builder.frame_processor.max_pixels)
+    return vs.input_builder.num_video_tokens(1 << 20, side, side)
+
+
+MAX_VISUAL_TOKENS: dict[str, Callable[[FlashVStream], int]] = {
+    "star": lambda vs: vs.model.memory.num_tokens(1 << 20),  # the memory's fixed size (681 as released)
+    "flash": _flash_max_visual_tokens,
+}
+"""Family -> the most visual tokens a prompt of it holds (sizes the static KV cache of fast decoding)."""
 
 
 def _to_device(value, device: torch.device):

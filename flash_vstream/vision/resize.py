@@ -11,6 +11,7 @@ Shapes: t frames, c channels (3), h/w pixels.
 
 from __future__ import annotations
 
+import PIL
 import torch
 import torch.nn.functional as F
 
@@ -49,14 +50,20 @@ def _resize_batch(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Pillow's two passes, each rounded and clipped to 8 bits, in Pillow's order (each skipped when not needed).
 
     The 8-bit clip between the passes matters: bicubic overshoots at sharp edges, and Pillow clips the
-    overshoot before the second pass sees it. Pillow (13) runs the vertical pass first when the height shrinks
-    by more than twice as many pixels as the width does, else the horizontal pass first.
+    overshoot before the second pass sees it. Pillow 13 runs the vertical pass first when the height shrinks by
+    more than twice as many pixels as the width does; earlier versions always run the horizontal pass first.
     """
     height, width = frames.shape[-2:]
     shrink_h, shrink_w = height - size[0], width - size[1]
-    passes = [(height, size[1]), size] if not (shrink_h > 0 and shrink_h > 2 * shrink_w) else [(size[0], width), size]
+    vertical_first = _pillow_major() >= 13 and shrink_h > 0 and shrink_h > 2 * shrink_w
+    passes = [(size[0], width), size] if vertical_first else [(height, size[1]), size]
     for step in passes:
         if tuple(frames.shape[-2:]) != tuple(step):
             frames = F.interpolate(frames, size=step, mode="bicubic", antialias=True, align_corners=False)
             frames = frames.round_().clamp_(0, 255)
     return frames
+
+
+def _pillow_major() -> int:
+    """The installed Pillow's major version (its pass order is what the torch path reproduces)."""
+    return int(PIL.__version__.split(".")[0])
