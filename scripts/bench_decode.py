@@ -9,7 +9,8 @@ static cache sized as ``FlashVStream.set_decoder`` sizes it by default: 1,792 an
      cannot stop it), every call on a FRESH prompt (new random text ids and a new memory read-out from new
      random features, made before the timed region); ms per token = ``(t_128 - median t_1) / 127``.
 Then, frame preprocessing on the CPU (Pillow) against the GPU (torch) path of both processors, with the
-largest difference between the two in 8-bit levels.
+largest difference between the two in 8-bit levels; and (``--attention``) one decode step's attention over the
+Flash decoder's padded cache computed four ways, to show what the grouped-query layout costs.
 
     python scripts/bench_decode.py --out bench_decode.json          # 1 GPU, ~5 min (most of it compiling)
     python scripts/bench_decode.py --tiny                           # tiny models on the CPU: checks it runs
@@ -178,6 +179,62 @@ def bench_family(name, model, target, make_prompt, warm_prompt, repeats, device,
     return results
 
 
+def bench_attention(device, dtype, tiny: bool, filled: int = 11_602, length: int = 12_544) -> dict:
+    """One decode step's attention over a padded static cache, every layer, four ways (CUDA-graphed on a GPU).
+
+    Qwen2-7B shape: 28 query heads sharing 4 key/value heads of 128, 28 layers, each layer its own cache (so
+    nothing is served from L2). ``repeat``: keys and values copied per query head, then SDPA (transformers'
+    path under torch.compile); ``packed``: the 7 query heads of a group as 7 query rows of its key/value head;
+    ``enable_gqa``: SDPA's own grouped-query flag; ``matmul``: packed, with plain matmuls and a softmax.
+    """
+    import torch.nn.functional as F
+
+    layers, heads, kv_heads, dim = (2, 4, 2, 8) if tiny else (28, 28, 4, 128)
+    length, filled = (64, 40) if tiny else (length, filled)
+    groups = heads // kv_heads
+    keys = [torch.randn(1, kv_heads, length, dim, device=device, dtype=dtype) for _ in range(layers)]
+    values = [torch.randn(1, kv_heads, length, dim, device=device, dtype=dtype) for _ in range(layers)]
+    query = torch.randn(1, heads, 1, dim, device=device, dtype=dtype)
+    mask = (torch.arange(length, device=device) < filled).view(1, 1, 1, length)
+
+    def repeat(q, k, v):
+        k = k[:, :, None].expand(1, kv_heads, groups, length, dim).reshape(1, heads, length, dim)
+        v = v[:, :, None].expand(1, kv_heads, groups, length, dim).reshape(1, heads, length, dim)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def packed(q, k, v):
+        return F.scaled_dot_product_attention(q.reshape(1, kv_heads, groups, dim), k, v, attn_mask=mask)
+
+    def enable_gqa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+    def matmul(q, k, v):
+        scores = q.reshape(1, kv_heads, groups, dim) @ k.transpose(-1, -2) / dim**0.5
+        return scores.masked_fill(~mask, float("-inf")).float().softmax(-1).to(v.dtype) @ v
+
+    reference = repeat(query, keys[0], values[0]).float().flatten()
+    rows = {}
+    for name, fn in (("repeat", repeat), ("packed", packed), ("enable_gqa", enable_gqa), ("matmul", matmul)):
+        try:
+            error = float((fn(query, keys[0], values[0]).float().flatten() - reference).abs().max())
+
+            def step(fn=fn):
+                return [fn(query, k, v) for k, v in zip(keys, values, strict=True)]
+
+            if device.type == "cuda":
+                step()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    step()
+                step = graph.replay  # noqa: PLW2901 - the timed call is the graph replay
+            times = time_calls(lambda _, run=step: run(), range(20), device)
+            rows[name] = {"ms_all_layers": spread(times), "max_abs_difference_to_repeat": round(error, 5)}
+        except RuntimeError as err:  # a kernel that does not take this shape on this device
+            rows[name] = {"error": str(err).splitlines()[0]}
+        print(f"[attention] {name}: {rows[name]}", flush=True)
+    return {"layers": layers, "cache_positions": length, "filled": filled, "variants": rows}
+
+
 def bench_preprocess(device, repeats: int, tiny: bool) -> dict:
     """Pillow on the CPU against torch on ``device``, 720p frames, both processors."""
     rng = np.random.default_rng(0)
@@ -214,6 +271,7 @@ def main() -> None:
     parser.add_argument("--modes", default="eager,compiled", help="comma-separated decode modes to time")
     parser.add_argument("--first-token-modes", default="", help="comma-separated modes timed for 1 token only")
     parser.add_argument("--skip-preprocess", action="store_true", help="do not time frame preprocessing")
+    parser.add_argument("--attention", action="store_true", help="also time decode attention variants")
     args = parser.parse_args()
     tiny = args.tiny
     device, dtype = (torch.device("cpu"), torch.float32) if tiny else (torch.device("cuda"), torch.bfloat16)
@@ -259,6 +317,9 @@ def main() -> None:
             results["flash"]["peak_gpu_gib"] = peak_gib(device)
             del model
             gc.collect()
+            save()
+        if args.attention:
+            results["attention"] = bench_attention(device, dtype, tiny)
             save()
         if not args.skip_preprocess:
             results["preprocess"] = bench_preprocess(device, args.repeats, tiny)

@@ -19,14 +19,7 @@ import torch
 from transformers import CompileConfig, DynamicCache
 
 from flash_vstream import load_model
-from flash_vstream.inference.decode import (
-    DEFAULT_MAX_CACHE_LEN,
-    PACKED_GQA_ATTENTION,
-    Decoder,
-    cache_len_for,
-    packed_gqa_sdpa,
-    resolve_mode,
-)
+from flash_vstream.inference.decode import DEFAULT_MAX_CACHE_LEN, Decoder, cache_len_for, resolve_mode
 from flash_vstream.model.tiny import make_tiny_star
 from flash_vstream.model.tiny_qwen2vl import make_tiny_flash
 
@@ -49,7 +42,7 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def models(checkpoints):
-    """Freshly loaded models per test: the compiled mode switches a model's decoder attention (packed GQA)."""
+    """Freshly loaded models per test (each compiled test traces its own model)."""
     return {family: load_model(path) for family, path in checkpoints.items()}
 
 
@@ -223,41 +216,6 @@ def test_a_prompt_longer_than_the_cache_grows_it(models, caplog):
     assert torch.equal(got, greedy(vs, eager, inputs))
     assert small.max_cache_len >= needed and small.max_cache_len % 256 == 0
     assert "exceeds the static cache" in caplog.text
-
-
-def test_packed_gqa_attention_equals_transformers_sdpa():
-    """One query token against a padded static cache (masked tail), 8 query heads over 2 key/value heads."""
-    from types import SimpleNamespace
-
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    torch.manual_seed(0)
-    grouped, plain = SimpleNamespace(num_key_value_groups=4), SimpleNamespace(num_key_value_groups=1)
-    query = torch.randn(1, 8, 1, 16)
-    key, value = torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
-    mask = (torch.arange(40) < 29).view(1, 1, 1, 40)  # 29 filled positions of 40
-    got, _ = packed_gqa_sdpa(grouped, query, key, value, mask, scaling=0.25)
-    want, _ = sdpa_attention_forward(grouped, query, key, value, mask, scaling=0.25)
-    assert got.shape == want.shape == (1, 1, 8, 16)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-    prompt = torch.randn(1, 8, 5, 16)  # several query tokens: transformers' function itself
-    assert torch.equal(packed_gqa_sdpa(grouped, prompt, key, value, None)[0],
-                       sdpa_attention_forward(grouped, prompt, key, value, None)[0])
-    heads = torch.randn(1, 2, 40, 16)
-    assert torch.equal(packed_gqa_sdpa(plain, query[:, :2], heads, heads, mask)[0],
-                       sdpa_attention_forward(plain, query[:, :2], heads, heads, mask)[0])
-
-
-@pytest.mark.parametrize("family", ["star", "flash"])
-def test_only_the_compiled_mode_packs_the_decoders_grouped_queries(models, family):
-    vs = models[family]
-    text = vs.model.config.get_text_config(decoder=True)
-    Decoder.for_model(vs.model, "static")
-    assert text._attn_implementation == "sdpa"
-    Decoder.for_model(vs.model, "compiled", compile_config=cpu_compile_config())
-    assert text._attn_implementation == PACKED_GQA_ATTENTION  # both tiny decoders are grouped-query
-    vision = getattr(vs.model.config, "vision_config", None)
-    assert getattr(vision, "_attn_implementation", "sdpa") == "sdpa"  # the vision tower keeps its attention
 
 
 def test_default_cache_lengths_fit_each_familys_memory(models):

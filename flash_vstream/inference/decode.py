@@ -22,12 +22,6 @@ between them), so its tensors keep their addresses and the compiled step is trac
 ``compiles`` and logged). Each step attends over the whole cache (masked), so a cache much longer than the
 prompts costs a little time per token: size it to the longest prompt plus answer you expect.
 
-In the compiled mode a grouped-query decoder (Qwen2: 28 query heads share 4 key/value heads) attends with
-:func:`packed_gqa_sdpa`: transformers' SDPA attention, except that the one query token of a decode step attends
-the cache without first copying its keys and values once per query head (transformers does that packing itself
-when it runs eagerly, but not under ``torch.compile``, where the copy of a 12K-position cache costs about 3 ms a
-token on an H200). The maths is the same; prompts (more than one query token) go to transformers' SDPA unchanged.
-
 A **prefix** (the key/value cache of a prompt head, e.g. the memory prefix cache of a stream, a transformers
 :class:`~transformers.DynamicCache`) can start any answer: pass it as ``prefix=`` with the *full* prompt;
 ``generate`` then prefills only the tokens the prefix does not hold. The prefix is never modified (the static
@@ -50,21 +44,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from transformers import AttentionInterface, CompileConfig, PreTrainedModel, StaticCache
+from transformers import CompileConfig, StaticCache
 from transformers.cache_utils import Cache
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-__all__ = [
-    "DECODE_MODES",
-    "DEFAULT_MAX_CACHE_LEN",
-    "PACKED_GQA_ATTENTION",
-    "Decoder",
-    "cache_len_for",
-    "packed_gqa_sdpa",
-    "resolve_mode",
-]
+__all__ = ["DECODE_MODES", "DEFAULT_MAX_CACHE_LEN", "Decoder", "cache_len_for", "resolve_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +62,6 @@ _CACHE_ROUNDING = 256  # a grown cache is rounded up to this, so near-equal prom
 TEXT_BUDGET = 1024
 """Prompt text plus answer tokens :func:`cache_len_for` leaves room for beside the visual tokens."""
 
-PACKED_GQA_ATTENTION = "packed_gqa_sdpa"
-"""The name :func:`packed_gqa_sdpa` is registered under in transformers' ``AttentionInterface`` (a name holding
-"flash" would be taken for a flash-attention kernel)."""
-
-
 def cache_len_for(visual_tokens: int, text_budget: int = TEXT_BUDGET) -> int:
     """A static cache length for prompts of at most ``visual_tokens`` visual tokens.
 
@@ -91,48 +69,6 @@ def cache_len_for(visual_tokens: int, text_budget: int = TEXT_BUDGET) -> int:
     (STAR's 681 tokens: 1,792; Flash's 11,520: 12,544).
     """
     return -(-(visual_tokens + text_budget) // _CACHE_ROUNDING) * _CACHE_ROUNDING
-
-
-def packed_gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """SDPA attention as transformers runs it, with one query token of a grouped-query layer attending un-repeated keys.
-
-    The ``g`` query heads that share a key/value head become ``g`` query rows of that head, so SDPA reads the
-    cached keys and values once rather than from a copy repeated ``g`` times. Anything else (prompts, plain
-    multi-head layers, per-head masks, position biases) is transformers' ``sdpa_attention_forward``.
-
-    Returns:
-        ``(batch, 1, heads, head_dim)`` attention output and ``None`` (no weights), as SDPA attention returns.
-    """
-    groups = getattr(module, "num_key_value_groups", 1)
-    batch, heads, length, _ = query.shape
-    per_head_mask = attention_mask is not None and attention_mask.shape[1] != 1
-    if length != 1 or groups == 1 or per_head_mask or kwargs.get("position_bias") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    packed = query.reshape(batch, heads // groups, groups, query.shape[-1])  # (b, kv heads, g, d)
-    out = F.scaled_dot_product_attention(packed, key, value, attn_mask=attention_mask, dropout_p=dropout,
-                                         scale=scaling)
-    return out.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
-
-
-def pack_grouped_queries(model) -> bool:
-    """Make ``model``'s decoder attend with :func:`packed_gqa_sdpa` when it is a grouped-query SDPA decoder.
-
-    Returns:
-        Whether the decoder's attention was switched (False for multi-head decoders and other attentions).
-    """
-    text = model.config.get_text_config(decoder=True)
-    heads = getattr(text, "num_attention_heads", None)
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    if getattr(text, "_attn_implementation", None) not in ("sdpa", PACKED_GQA_ATTENTION) or kv_heads == heads:
-        return False
-    # A named plug-in ("sdpa" itself is untouched), with SDPA's masks: transformers builds no mask at all for an
-    # attention name its mask registry does not know, and the static cache's unfilled tail must be masked.
-    AttentionInterface.register(PACKED_GQA_ATTENTION, packed_gqa_sdpa)
-    AttentionMaskInterface.register(PACKED_GQA_ATTENTION, sdpa_mask)
-    owner = next(m for m in model.modules() if isinstance(m, PreTrainedModel) and m.config is text)
-    owner.set_attn_implementation(PACKED_GQA_ATTENTION)
-    return True
 
 
 def resolve_mode(mode: str, device: torch.device | str) -> str:
@@ -196,15 +132,9 @@ class Decoder:
 
     @classmethod
     def for_model(cls, model, mode: str = "auto", **kwargs) -> Decoder:
-        """A decoder for ``model`` (any family model, or a plain causal LM), on its device.
-
-        In the compiled mode a grouped-query decoder is switched to :func:`packed_gqa_sdpa` (same maths).
-        """
+        """A decoder for ``model`` (any family model, or a plain causal LM), on its device."""
         device = next(model.parameters()).device
-        decoder = cls(model.config.get_text_config(decoder=True), device, mode, **kwargs)
-        if decoder.mode == "compiled":
-            pack_grouped_queries(model)
-        return decoder
+        return cls(model.config.get_text_config(decoder=True), device, mode, **kwargs)
 
     @property
     def uses_static_cache(self) -> bool:
