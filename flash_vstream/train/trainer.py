@@ -181,36 +181,38 @@ def run_training(config: TrainConfig, callbacks: list | tuple = ()) -> RunResult
     print0(f"train: {world_size} process(es), run folder {output_dir}" + (f", resuming {resume}" if resume else ""))
     set_seed(args.seed)  # the new parts of a model built from an LLM + a vision tower are initialised with it
 
-    # --- model and data ---------------------------------------------------------------------------------
-    start = build_start(config.model)
-    dataset = build_dataset(config, start)
-    check_zero_data(dataset.samples, args, world_size)
-    check_zero_model(start, args)
-    from flash_vstream.train.collate import collator_for
+    try:
+        # --- model and data ---------------------------------------------------------------------------------
+        start = build_start(config.model)
+        dataset = build_dataset(config, start)
+        check_zero_data(dataset.samples, args, world_size)
+        check_zero_model(start, args)
+        from flash_vstream.train.collate import collator_for
 
-    trainer = FlashVStreamTrainer(
-        model=start.model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator_for(_base_model(start.model), start.tokenizer),
-        processing_class=start.tokenizer,
-        visual_prefixes=FAMILY_TRAINING[start.family].visual_prefixes,
-        callbacks=[MetricsJsonl(output_dir, resume_step(resume)), ConfigIntoCheckpoints(config), *callbacks],
-    )
+        trainer = FlashVStreamTrainer(
+            model=start.model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator_for(_base_model(start.model), start.tokenizer),
+            processing_class=start.tokenizer,
+            visual_prefixes=FAMILY_TRAINING[start.family].visual_prefixes,
+            callbacks=[MetricsJsonl(output_dir, resume_step(resume)), ConfigIntoCheckpoints(config), *callbacks],
+        )
 
-    # --- train ------------------------------------------------------------------------------------------
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        # --- train ------------------------------------------------------------------------------------------
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    # --- save -------------------------------------------------------------------------------------------
-    model_dir, adapter_dir = save_outputs(trainer, config, start)
-    print0(f"train: done at step {trainer.state.global_step}; model in {model_dir or adapter_dir}")
-    result = RunResult(
-        output_dir, model_dir, adapter_dir, trainer.state.global_step, output.training_loss, start.family
-    )
+        # --- save -------------------------------------------------------------------------------------------
+        model_dir, adapter_dir = save_outputs(trainer, config, start)
+        print0(f"train: done at step {trainer.state.global_step}; model in {model_dir or adapter_dir}")
+        result = RunResult(
+            output_dir, model_dir, adapter_dir, trainer.state.global_step, output.training_loss, start.family
+        )
 
-    # --- cleanup ----------------------------------------------------------------------------------------
-    # Without it a DeepSpeed/gloo rank can abort at exit ("terminate called without an active exception").
-    cleanup_distributed()
+    finally:
+        # --- cleanup ------------------------------------------------------------------------------------
+        # Without it a DeepSpeed/gloo rank can abort at exit ("terminate called without an active exception").
+        cleanup_distributed()
     return result
 
 
