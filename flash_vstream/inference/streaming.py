@@ -176,7 +176,8 @@ class StreamSession:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if drop_policy not in DROP_POLICIES:
             raise ValueError(f"drop_policy must be one of {DROP_POLICIES}, got {drop_policy!r}")
-        if target_fps is not None and (isinstance(target_fps, bool) or not target_fps > 0):
+        if target_fps is not None and (isinstance(target_fps, bool) or not isinstance(target_fps, int | float)
+                                       or not target_fps > 0):
             raise ValueError(f"target_fps must be a positive number or None, got {target_fps!r}")
         self.vs = vs
         self.backend = backend if backend is not None else session_backend(vs)
