@@ -178,7 +178,7 @@ def test_typed_questions_through_a_pipe(star):
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_typed_questions_on_a_terminal_show_the_status_line(star):
     master, slave = os.openpty()
-    proc = spawn(["--model", str(star), "--source", str(SAMPLE), "--speed", "2", "--max-new-tokens", "3"],
+    proc = spawn(["--model", str(star), "--source", str(SAMPLE), "--speed", "4", "--max-new-tokens", "3"],
                  stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     screen = lines_of(os.fdopen(master, "r", errors="replace", newline=""))
