@@ -166,6 +166,10 @@ class StreamSession:
 
     Raises:
         ValueError: for a bad setting, or a model family without a session backend.
+
+    >>> session = StreamSession(load_model("IVGSZ/Flash-VStream-7b"), target_fps=1.0)  # doctest: +SKIP
+    >>> session.push_frames(frames, timestamps)                                        # doctest: +SKIP
+    >>> session.ask("What just happened?").first_token_seconds                          # doctest: +SKIP
     """
 
     def __init__(self, vs, *, queue_frames: int = 64, drop_policy: str = "oldest", target_fps: float | None = None,
