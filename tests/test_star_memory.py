@@ -376,3 +376,35 @@ def test_cuda_matches_cpu():
     state = stream(memory, clip.cuda(), [3] * 6 + [2])
     assert state.slots.is_cuda and state.bank.features.device.type == "cpu"
     assert memory.read(state).num_tokens == memory.num_tokens(20)
+
+
+# --- pre-pooled features (the chunked offline path) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retrieval", ["reference", "paper"])
+@pytest.mark.parametrize("num_frames", [1, 5, 40])
+def test_compress_of_features_pooled_chunk_by_chunk_is_identical(retrieval, num_frames):
+    """Pooling a clip in chunks of any size and compressing the pooled clip gives exactly the tokens and extras."""
+    memory = StarMemory.tiny(retrieval=retrieval)
+    features = torch.randn(num_frames, 16, 6, generator=torch.Generator().manual_seed(num_frames))
+    times = torch.arange(num_frames, dtype=torch.float32) * 0.5
+    whole = memory.compress(features, times)
+    for chunk in (1, 3, 64):
+        pooled = torch.cat([memory.pool_frames(part) for part in features.split(chunk)])
+        assert pooled.shape == (num_frames, 4, 6)  # S*S = 2*2 tokens per frame
+        got = memory.compress(pooled, times)
+        assert torch.equal(got.tokens, whole.tokens)
+        assert got.segments == whole.segments
+        assert whole.extras.keys() == got.extras.keys()
+        assert all(torch.equal(got.extras[k], whole.extras[k]) for k in whole.extras)
+
+
+def test_pooled_features_are_accepted_only_by_compress():
+    memory = StarMemory.tiny()
+    pooled = memory.pool_frames(torch.randn(3, 16, 6))
+    with pytest.raises(ValueError, match="pooled"):
+        memory.compress(torch.randn(3, 9, 6))  # neither the patch grid nor the pooled grid
+    with pytest.raises(ValueError, match="feature_grid"):
+        memory.pool_frames(pooled)  # pool_frames takes patch tokens
+    with pytest.raises(ValueError, match="feature_grid"):
+        memory.update(memory.init_state(), pooled)  # streaming takes patch tokens, as before

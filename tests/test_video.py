@@ -227,3 +227,56 @@ def test_progress_bar_on_stderr_for_long_reads_only(long_video, capfd):
     assert err.endswith("\r")  # the bar erases itself when the read ends, so the next line starts clean
     read_video(long_video, indices=list(range(PROGRESS_MIN_FRAMES - 1)), backend="pyav", progress=True)
     assert capfd.readouterr() == ("", "")  # 63 frames: too few for a bar
+
+
+# --- iter_video: the same frames, a bounded chunk at a time ----------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 8, 64])
+def test_iter_video_chunks_concatenate_to_read_video(video, chunk_size):
+    from flash_vstream.video.reader import iter_video
+
+    sampler = FrameSampler("uniform", num_frames=23)
+    whole = read_video(video, sampler=sampler)
+    chunks = list(iter_video(video, sampler=sampler, chunk_size=chunk_size))
+    assert [len(c.frames) for c in chunks[:-1]] == [chunk_size] * (len(chunks) - 1)
+    assert 1 <= len(chunks[-1].frames) <= chunk_size
+    assert np.array_equal(np.concatenate([c.frames for c in chunks]), whole.frames)
+    assert np.array_equal(np.concatenate([c.indices for c in chunks]), whole.indices)
+    assert np.array_equal(np.concatenate([c.timestamps for c in chunks]), whole.timestamps)
+    assert all(c.total_frames == whole.total_frames and c.native_fps == whole.native_fps for c in chunks)
+
+
+def test_iter_video_decodes_lazily_and_keeps_no_chunk(video):
+    """Each chunk is decoded when asked for; once the consumer drops a chunk nothing holds its frames."""
+    import gc
+    import weakref
+
+    from flash_vstream.video.reader import iter_video
+
+    seen = []
+    chunks = iter_video(video, chunk_size=8, on_frames=lambda done, total: seen.append(done))
+    assert seen == []  # nothing decoded before the first next()
+    first = next(chunks)
+    assert max(seen) == 8
+    ref = weakref.ref(first.frames)
+    del first
+    second = next(chunks)
+    gc.collect()
+    assert ref() is None  # the iterator kept no reference to the first chunk
+    assert max(seen) == 16 and frame_ids(second.frames) == list(range(8, 16))
+    assert [len(c.frames) for c in chunks] == [8, 6] and seen[-1] == NUM_FRAMES
+
+
+def test_iter_video_repeats_and_refusals(video, tmp_path):
+    from flash_vstream.video.reader import iter_video
+
+    indices = [5, 5, 2, 9, 9, 9]
+    chunks = list(iter_video(video, indices=indices, chunk_size=4))
+    assert [frame_ids(c.frames) for c in chunks] == [[5, 5, 2, 9], [9, 9]]
+    with pytest.raises(ValueError, match="chunk_size"):
+        iter_video(video, chunk_size=0)
+    with pytest.raises(ValueError, match="not both"):
+        iter_video(video, sampler=FrameSampler("uniform", num_frames=2), indices=[0])
+    with pytest.raises(VideoError, match="no such file"):
+        iter_video(tmp_path / "missing.mp4")
