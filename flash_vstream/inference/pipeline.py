@@ -14,7 +14,7 @@ Long videos (``answer(video=...)``) are read in chunks wherever the family's off
 (:data:`CHUNKED_VIDEO_FEATURES`): the STAR memory needs only each frame's features pooled to its spatial grid,
 so each chunk of frames is preprocessed, encoded and pooled, then dropped; the memory compresses the pooled clip,
 with exactly the tokens of the all-frames path. Peak RAM is one chunk of frames plus the pooled features (about
-0.26 MB a frame at bf16), whatever the video's length. The Flash family samples at most 240 frames
+0.13 MB a frame at bf16), whatever the video's length. The Flash family samples at most 240 frames
 (``max_frames``), so its frames are bounded already and it reads them in one go.
 
 >>> vs = load_model("IVGSZ/Flash-VStream-7b")                       # doctest: +SKIP
