@@ -22,6 +22,9 @@ between them), so its tensors keep their addresses and the compiled step is trac
 ``compiles`` and logged). Each step attends over the whole cache (masked), so a cache much longer than the
 prompts costs a little time per token: size it to the longest prompt plus answer you expect.
 
+Calls are serialised (one static cache per decoder). ``torch.compile``'s CUDA graphs are kept per thread, so an
+answer from a thread other than the warm-up's may record its graphs once more (a capture, not a recompilation).
+
 A **prefix** (the key/value cache of a prompt head, e.g. the memory prefix cache of a stream, a transformers
 :class:`~transformers.DynamicCache`) can start any answer: pass it as ``prefix=`` with the *full* prompt;
 ``generate`` then prefills only the tokens the prefix does not hold. The prefix is never modified (the static
