@@ -65,7 +65,7 @@ def _strict_load(config: FlashVStreamConfig, path: Path, dtype: torch.dtype, key
     from flash_vstream.model.modeling import FlashVStreamForCausalLM
 
     try:
-        with _quiet_load_report():
+        with quiet_load_report():
             model, info = FlashVStreamForCausalLM.from_pretrained(
                 path, config=config, dtype=dtype, key_mapping=key_mapping, output_loading_info=True
             )
@@ -85,7 +85,7 @@ def _strict_load(config: FlashVStreamConfig, path: Path, dtype: torch.dtype, key
 
 
 @contextlib.contextmanager
-def _quiet_load_report():
+def quiet_load_report():
     """Drop transformers' load-report warning while our strict load runs.
 
     We raise a clearer error instead. A filter, not a level change: the logger's level gates other checks.

@@ -161,7 +161,7 @@ class FlashVStreamForCausalLM(FlashVStreamPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         pixel_values: Sequence[torch.Tensor] | None = None,
@@ -172,15 +172,18 @@ class FlashVStreamForCausalLM(FlashVStreamPreTrainedModel):
         """Causal-LM forward; with ``labels`` the loss covers the supervised (assistant) tokens only.
 
         Labels are -100 at prompt and visual-placeholder positions (the prompt builders do this), so the
-        language model's shifted cross-entropy sees only assistant tokens.
+        language model's shifted cross-entropy sees only assistant tokens. ``cache`` is the language model's KV
+        cache (transformers 5.x renamed ``past_key_values`` to ``cache``; the old name still arrives in ``kwargs``).
         """
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, pixel_values=pixel_values, features=features)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             labels=labels,
             use_cache=use_cache,
             **kwargs,

@@ -123,7 +123,7 @@ def _build_from_parts(args: ModelArgs):
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from flash_vstream.config import FlashVStreamConfig
-    from flash_vstream.model.checkpoints import _quiet_load_report
+    from flash_vstream.model.checkpoints import quiet_load_report
     from flash_vstream.model.modeling import FlashVStreamForCausalLM
     from flash_vstream.vision.clip import clip_vision_config
 
@@ -147,7 +147,7 @@ def _build_from_parts(args: ModelArgs):
         conv_template=template,
         vision_tower_name=str(args.vision_tower),
     )
-    with _quiet_load_report():
+    with quiet_load_report():
         llm, llm_info = AutoModelForCausalLM.from_pretrained(args.llm, dtype=dtype, output_loading_info=True)
         clip, clip_info = CLIPVisionModel.from_pretrained(args.vision_tower, dtype=dtype, output_loading_info=True)
     for field, folder, info in (("llm", args.llm, llm_info), ("vision_tower", args.vision_tower, clip_info)):
@@ -160,7 +160,7 @@ def _build_from_parts(args: ModelArgs):
     state = {f"language_model.{k}": v for k, v in llm.state_dict().items()}
     state.update({f"vision_tower.clip.{k}": v for k, v in clip.state_dict().items()})
     del llm, clip
-    with _quiet_load_report():
+    with quiet_load_report():
         model, info = FlashVStreamForCausalLM.from_pretrained(
             None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
         )
