@@ -72,6 +72,8 @@ def answers(vs, frames, times, prefix_cache: bool):
             answer = session.ask(question, max_new_tokens=12, streamer=log,
                                  logits_processor=LogitsProcessorList([scores]))
             out.append((log.new_tokens, answer.text, answer.prefix_cached, torch.cat(scores.scores)))
+        kept = session._s.prefixes.latest
+        assert kept is None or kept.cache.get_seq_length() == kept.length  # answers never extend the kept cache
         return out, session.stats()
 
 

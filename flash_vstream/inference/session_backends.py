@@ -10,13 +10,14 @@ A backend turns frames into memory updates and a memory read-out into answers, f
 - ``prompt(snapshot, question, assistant_prefix)``: the full prompt of a question (a :class:`Prompt`), with the
   length of its cacheable head;
 - ``prefill(snapshot, prompt)``: the KV cache of that head;
-- ``generate(snapshot, prompt, cache, **generation)``: the new tokens, from the cached head (``cache``) or from a
-  full prefill (``cache=None``).
+- ``generate(snapshot, prompt, prefix, **generation)``: the new tokens, from the cached head (``prefix``, the
+  kept cache of the head, never modified) or from a full prefill (``prefix=None``).
 
 Both families follow the offline ``FlashVStream.answer`` path exactly: the same frame preprocessing, the same
-prompt builders and the same ``generate`` entry point, with the memory's streaming ``update``/``read`` in place
-of ``compress``; so a short stream (within the memory's ``exact_streaming_frames``) answers like ``answer()``
-on the same frames.
+prompt builders, the same ``generate`` entry point and the model's own decoder (``FlashVStream.decoder``: a
+static cache with a compiled decode step on CUDA, which copies the prefix into its cache), with the memory's
+streaming ``update``/``read`` in place of ``compress``; so a short stream (within the memory's
+``exact_streaming_frames``) answers like ``answer()`` on the same frames.
 
 The backend of a loaded model is chosen by :func:`session_backend` from ``FlashVStream.family``.
 
@@ -25,6 +26,7 @@ Shapes: L prompt tokens, s cached head tokens, m visual tokens, h decoder width.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +82,16 @@ def _frames_times(times: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(times, dtype=np.float32))
 
 
+def _generate(vs, target, prefix: DynamicCache | None, **kwargs):
+    """``target.generate(**kwargs)`` through the model's decoder, starting from ``prefix`` (left unmodified)."""
+    decoder = getattr(vs, "decoder", None)
+    if decoder is not None:
+        return decoder.generate(target, prefix=prefix, **kwargs)
+    if prefix is not None:  # a FlashVStream without a decoder: transformers' generate on a copy of the prefix
+        kwargs["cache"] = copy.deepcopy(prefix)
+    return target.generate(**kwargs)
+
+
 class StarSessionBackend:
     """STAR family: CLIP per frame -> ``StarMemory.update``; read -> projector -> spliced prompt embeddings.
 
@@ -90,7 +102,7 @@ class StarSessionBackend:
     frames_per_step = 1
 
     def __init__(self, vs):
-        self.model, self.tokenizer = vs.model, vs.tokenizer
+        self.vs, self.model, self.tokenizer = vs, vs.model, vs.tokenizer
         self.processor = vs.input_builder.processor
         self.config = vs.model.config
 
@@ -123,14 +135,13 @@ class StarSessionBackend:
         lm(inputs_embeds=head, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
         return cache
 
-    def generate(self, snapshot: Snapshot, prompt: Prompt, cache: DynamicCache | None, **generation) -> torch.Tensor:
-        """``(1, new)`` new tokens; ``generate`` prefills only what ``cache`` does not hold."""
+    def generate(self, snapshot: Snapshot, prompt: Prompt, prefix: DynamicCache | None, **generation) -> torch.Tensor:
+        """``(1, new)`` new tokens; ``generate`` prefills only what ``prefix`` does not hold."""
         embeds = prompt.inputs["inputs_embeds"]
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        if cache is not None:
-            generation["cache"] = cache
         # Embeddings only: generate returns just the new tokens, exactly as FlashVStreamForCausalLM.generate.
-        return self.model.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generation)
+        return _generate(self.vs, self.model.language_model, prefix, inputs_embeds=embeds, attention_mask=mask,
+                         **generation)
 
 
 class FlashSessionBackend:
@@ -145,7 +156,7 @@ class FlashSessionBackend:
     """
 
     def __init__(self, vs):
-        self.model, self.tokenizer, self.builder = vs.model, vs.tokenizer, vs.input_builder
+        self.vs, self.model, self.tokenizer, self.builder = vs, vs.model, vs.tokenizer, vs.input_builder
         self.frames_per_step = int(vs.model.config.vision_config.temporal_patch_size)
         self.video_token_id = vs.model.config.video_token_id
 
@@ -198,16 +209,16 @@ class FlashSessionBackend:
         )
         return cache
 
-    def generate(self, snapshot: Snapshot, prompt: Prompt, cache: DynamicCache | None, **generation) -> torch.Tensor:
-        """``(1, new)`` new tokens, from the cached head (the video lives in ``cache``) or a full prefill."""
+    def generate(self, snapshot: Snapshot, prompt: Prompt, prefix: DynamicCache | None, **generation) -> torch.Tensor:
+        """``(1, new)`` new tokens, from the cached head (the video lives in ``prefix``) or a full prefill."""
         ids = prompt.input_ids
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                   "mm_token_type_ids": prompt.inputs["mm_token_type_ids"]}
-        if cache is None:  # the offline path: the model places the AM-RoPE ids itself
+        if prefix is None:  # the offline path: the model places the AM-RoPE ids itself
             inputs["mm_encoder_outputs"] = {"video": snapshot.visual}
-        else:  # the video is in the cache; its ids continue from the full prompt's
-            inputs.update(cache=cache, position_ids=prompt.inputs["position_ids"])
-        output = self.model.generate(**inputs, **generation)
+        else:  # the video is in the prefix; its ids continue from the full prompt's
+            inputs["position_ids"] = prompt.inputs["position_ids"]
+        output = _generate(self.vs, self.model, prefix, **inputs, **generation)
         return output[:, ids.shape[1]:]
 
 

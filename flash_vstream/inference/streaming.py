@@ -475,18 +475,18 @@ class StreamSession:
         snapshot = latest.snapshot if latest is not None and latest.version == version else self.backend.snapshot(
             s.state)
         prompt = self.backend.prompt(snapshot, question, assistant_prefix)
-        cache, cached = None, False
+        prefix, cached = None, False
         if self.prefix_cache:
             entry = s.prefixes.get(version, prompt.head_ids)
             cached = entry is not None
             if entry is None:
                 entry = MemoryPrefix(version, prompt.head_ids, snapshot, self.backend.prefill(snapshot, prompt))
                 s.prefixes.put(entry)
-            cache = entry.fork()
+            prefix = entry.cache  # the decoder copies it; the kept cache is never modified
         generation.setdefault("do_sample", False)
         generation.setdefault("pad_token_id", self.vs.tokenizer.pad_token_id)
         first = _FirstToken(generation.pop("streamer", None))
-        new = self.backend.generate(snapshot, prompt, cache, max_new_tokens=max_new_tokens or self.max_new_tokens,
+        new = self.backend.generate(snapshot, prompt, prefix, max_new_tokens=max_new_tokens or self.max_new_tokens,
                                     streamer=first, **generation)
         text = self.vs.tokenizer.decode(new[0], skip_special_tokens=True).strip()
         done = time.perf_counter()
