@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from flash_vstream import load_model
-from flash_vstream.inference.pipeline import CHUNKED_VIDEO_FEATURES, star_video_features
 from flash_vstream.model.tiny import make_tiny_star
 from flash_vstream.model.tiny_qwen2vl import make_tiny_flash
 from flash_vstream.video import read_video
@@ -61,7 +60,7 @@ def test_chunked_video_features_and_answers_equal_the_all_frames_path(star, vide
     with torch.inference_mode():
         pixels = star.input_builder.processor(frames)
         expected = star.model.memory.pool_frames(star.model.encode_frames(pixels))
-    pooled = star_video_features(star, video)
+    pooled = star.input_builder.read_video(video, star.sampler)["features"]
     assert torch.equal(pooled, expected)  # bit for bit: same chunks through the tower, per-frame pooling
     question = "What changes over time?"
     from_video = star.answer_with_details(question, video=video, max_new_tokens=10)
@@ -96,8 +95,9 @@ def test_peak_memory_of_a_long_video_stays_at_one_chunk(star, videos):
 def test_flash_reads_its_bounded_sample_in_one_go(tmp_path, videos):
     """The Flash family samples at most 240 frames, so its offline path is not chunked (and unchanged)."""
     flash = load_model(make_tiny_flash(tmp_path / "flash", seed=5))
-    assert "flash" not in CHUNKED_VIDEO_FEATURES and flash.sampler.max_frames == 240
+    assert flash.sampler.max_frames == 240
     frames = read_video(videos[60], sampler=flash.sampler).frames
+    assert np.array_equal(flash.input_builder.read_video(videos[60], flash.sampler)["frames"], frames)
     question = "What moves?"
     assert flash.answer_with_details(question, video=videos[60], max_new_tokens=4) == flash.answer_with_details(
         question, frames=frames, max_new_tokens=4

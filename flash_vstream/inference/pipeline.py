@@ -10,8 +10,8 @@ returned dict goes to ``model.generate`` unchanged, through the session's :class
 Decoder` (``FlashVStream.decoder``): on CUDA a static KV cache with the decode step compiled into CUDA graphs once,
 when the model is loaded; elsewhere transformers' default ``generate``. :meth:`FlashVStream.set_decoder` switches.
 
-Long videos (``answer(video=...)``) are read in chunks wherever the family's offline algorithm allows it
-(:data:`CHUNKED_VIDEO_FEATURES`): the STAR memory needs only each frame's features pooled to its spatial grid,
+Long videos (``answer(video=...)``) are read by the family's input builder (``read_video``), in chunks wherever
+the family's offline algorithm allows it: the STAR memory needs only each frame's features pooled to its spatial grid,
 so each chunk of frames is preprocessed, encoded and pooled, then dropped; the memory compresses the pooled clip,
 with exactly the tokens of the all-frames path. Peak RAM is one chunk of frames plus the pooled features (about
 0.13 MB a frame at bf16), whatever the video's length. The Flash family samples at most 240 frames
@@ -23,8 +23,6 @@ with exactly the tokens of the all-frames path. Peak RAM is one chunk of frames 
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +34,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import CompileConfig
 
 from flash_vstream.inference.decode import Decoder, cache_len_for
-from flash_vstream.video import FrameSampler, read_video
-from flash_vstream.video.reader import iter_video
+from flash_vstream.video import FrameSampler
 
 WARMUP_FRAMES = np.zeros((2, 56, 56, 3), dtype=np.uint8)
 """The clip of the warm-up answer that compiles the decode step (any frames take the answers' decode path)."""
@@ -111,8 +108,8 @@ class FlashVStream:
                 ``generate``: the switch that turns fast decoding off), ``"static"`` (static KV cache, no
                 compilation) or ``"compiled"`` (static KV cache, decode step compiled into CUDA graphs).
             max_cache_len: positions of the static cache: the longest prompt plus answer expected (default: the
-                family's largest memory read-out plus 1,024 text tokens, :data:`MAX_VISUAL_TOKENS`: 1,792 for STAR,
-                12,544 for Flash at 448x448). A longer prompt grows it and recompiles.
+                family's largest memory read-out, ``input_builder.max_visual_tokens()``, plus 1,024 text tokens:
+                1,792 for STAR, 12,544 for Flash at 448x448). A longer prompt grows it and recompiles.
             compile_config: transformers ``CompileConfig`` of the compiled mode (default: inductor with
                 ``mode="reduce-overhead"``).
             warmup: compile (with a short warm-up answer) now; its cost is ``decoder.compile_seconds``.
@@ -123,8 +120,8 @@ class FlashVStream:
         Raises:
             ValueError: for an unknown mode or a bad ``max_cache_len``.
         """
-        if max_cache_len is None and self.family in MAX_VISUAL_TOKENS:
-            max_cache_len = cache_len_for(MAX_VISUAL_TOKENS[self.family](self))
+        if max_cache_len is None:
+            max_cache_len = cache_len_for(self.input_builder.max_visual_tokens())
         self.decoder = Decoder.for_model(self.model, mode, max_cache_len=max_cache_len, compile_config=compile_config)
         if warmup:
             self.decoder.warmup(self._warmup_answer)
@@ -177,12 +174,9 @@ class FlashVStream:
         given = sum(x is not None for x in (frames, video, features))
         if given != 1:
             raise ValueError("pass exactly one of frames=, video= or features= to answer()")
-        if video is not None:
-            chunked = CHUNKED_VIDEO_FEATURES.get(self.family)
-            if chunked is not None:
-                features = chunked(self, video, progress)
-            else:
-                frames = read_video(video, sampler=self.sampler, progress=progress).frames
+        if video is not None:  # the family's builder reads it (STAR: in chunks, into pooled features)
+            media = self.input_builder.read_video(video, self.sampler, progress=progress)
+            frames, features = media.get("frames"), media.get("features")
         if isinstance(frames, np.ndarray) and frames.ndim == 3:
             frames = frames[None]  # one (H, W, 3) image is a 1-frame video
         inputs = self.input_builder(question, frames=frames, features=features, assistant_prefix=assistant_prefix)
@@ -195,48 +189,6 @@ class FlashVStream:
         num_frames = len(frames) if frames is not None else len(features)
         prompt_len = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
         return Answer(text, num_frames, self.input_builder.count_visual_tokens(inputs), prompt_len)
-
-
-def star_video_features(vs: FlashVStream, video: str | Path, progress: bool = False) -> torch.Tensor:
-    """``(t, S*S, d)`` STAR features of a video, pooled to the memory's spatial grid, read a chunk at a time.
-
-    Each chunk (as many frames as the vision tower encodes per forward, so the tower sees the same batches as
-    the all-frames path) is preprocessed (on the GPU when the model is on one), encoded and pooled, and its
-    frames are dropped before the next chunk is decoded.
-    """
-    model = vs.model
-    processor = vs.input_builder.processor
-    if vs.device.type == "cuda":
-        processor = dataclasses.replace(processor, device=str(vs.device))
-    weight = next(model.memory.parameters())  # pooled as the model's compress path pools: memory device and dtype
-    pooled = []
-    with torch.inference_mode():
-        chunks = iter_video(video, sampler=vs.sampler, chunk_size=model.vision_tower.batch_size, progress=progress)
-        for clip in chunks:
-            features = model.encode_frames(processor(clip.frames))  # (c, p*p, d)
-            pooled.append(model.memory.pool_frames(features.to(device=weight.device, dtype=weight.dtype)))
-            del clip, features  # hold no frames while the next chunk decodes
-    return torch.cat(pooled)
-
-
-CHUNKED_VIDEO_FEATURES: dict[str, Callable[[FlashVStream, str | Path, bool], torch.Tensor]] = {
-    "star": star_video_features,
-}
-"""Family -> how ``answer(video=...)`` turns a video into features chunk by chunk. Families not listed read
-their sampled frames in one go (Flash: at most 240 frames)."""
-
-
-def _flash_max_visual_tokens(vs: FlashVStream) -> int:
-    """Flash: a long clip at the largest frame the pixel budget allows (the token count grows with the area)."""
-    side = math.isqrt(vs.input_builder.frame_processor.max_pixels)
-    return vs.input_builder.num_video_tokens(1 << 20, side, side)
-
-
-MAX_VISUAL_TOKENS: dict[str, Callable[[FlashVStream], int]] = {
-    "star": lambda vs: vs.model.memory.num_tokens(1 << 20),  # the memory's fixed size (681 as released)
-    "flash": _flash_max_visual_tokens,
-}
-"""Family -> the most visual tokens a prompt of it holds (sizes the static KV cache of fast decoding)."""
 
 
 def _to_device(value, device: torch.device):
@@ -264,6 +216,7 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     *,
     family: str | None = None,
+    decode: str = "auto",
     **options,
 ) -> FlashVStream:
     """Load a checkpoint (a local directory or a Hugging Face Hub id) into a ready :class:`FlashVStream`.
@@ -276,6 +229,9 @@ def load_model(
         dtype: ``"bfloat16"``, ``"float16"``, ``"float32"``, ``"auto"`` (the checkpoint's) or a ``torch.dtype``
             (default: bf16 on CUDA, fp32 on CPU).
         family: the family the caller expects (e.g. from a preset); another family's checkpoint is an error.
+        decode: how answers decode (:meth:`FlashVStream.set_decoder`): ``"auto"`` compiles a static-cache decode
+            step into CUDA graphs at load on CUDA (about half a minute, then several times faster per token) and
+            decodes eagerly elsewhere; ``"eager"`` never compiles (best for a single question).
         **options: family options, e.g. ``retrieval="paper"`` (STAR memory fields) or ``rope_mode="reference"``
             (Flash family); an unknown option is an error naming it.
 
@@ -309,6 +265,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path} holds no loadable tokenizer ({err}); save the tokenizer beside the weights") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} holds no loadable tokenizer ({reason}); save it beside the weights") from None
     builder = found.resolve("input_builder").for_model(model, tokenizer)
-    return FlashVStream(model, tokenizer, builder, found.sampler.build(), family=found.name)
+    return FlashVStream(model, tokenizer, builder, found.sampler.build(), family=found.name, decode=decode)

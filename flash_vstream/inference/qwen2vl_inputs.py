@@ -14,6 +14,7 @@ the special tokens and the memory, so one builder serves both (:meth:`FlashInput
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,20 @@ class FlashInputBuilder:
             "pixel_values_videos": pixel_values,
             "video_grid_thw": grid,
         }
+
+    def max_visual_tokens(self) -> int:
+        """The most visual tokens a prompt holds: a long clip at the largest frame the pixel budget allows."""
+        side = math.isqrt(self.frame_processor.max_pixels)
+        return self.num_video_tokens(1 << 20, side, side)
+
+    def read_video(self, video, sampler, *, progress: bool = False) -> dict[str, np.ndarray]:
+        """``{"frames": (T, H, W, 3)}``: the sampled frames, read in one go.
+
+        At most ``sampler.max_frames`` (240 as published) frames, so RAM is bounded already.
+        """
+        from flash_vstream.video import read_video
+
+        return {"frames": read_video(video, sampler=sampler, progress=progress).frames}
 
     def count_visual_tokens(self, inputs: dict[str, torch.Tensor]) -> int:
         """Visual tokens in built inputs (for reporting)."""

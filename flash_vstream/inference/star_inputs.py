@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,36 @@ class StarInputBuilder:
             assistant_prefix=assistant_prefix,
         )
         return {**inputs, **visual}
+
+    def max_visual_tokens(self) -> int:
+        """The most visual tokens a prompt holds: the memory's fixed size on a long clip (681 as released)."""
+        return self.model.memory.num_tokens(1 << 20)
+
+    def read_video(self, video, sampler, *, progress: bool = False) -> dict[str, torch.Tensor]:
+        """``{"features": (t, S*S, d)}``: a video's features pooled to the memory's spatial grid, a chunk at a time.
+
+        The STAR memory needs only each frame's features pooled to its spatial grid, so each chunk (as many frames
+        as the vision tower encodes per forward, so the tower sees the same batches as the all-frames path) is
+        preprocessed (on the GPU when the model is on one), encoded and pooled, and its frames are dropped before
+        the next chunk is decoded: peak RAM is one chunk of frames plus the pooled features, and the memory
+        compresses the pooled clip to exactly the tokens of the all-frames path.
+        """
+        from flash_vstream.video.reader import iter_video
+
+        model = self.model
+        device = next(model.parameters()).device
+        processor = self.processor
+        if device.type == "cuda":
+            processor = dataclasses.replace(processor, device=str(device))
+        weight = next(model.memory.parameters())  # pooled as the model's compress path pools: memory device, dtype
+        pooled = []
+        with torch.inference_mode():
+            chunks = iter_video(video, sampler=sampler, chunk_size=model.vision_tower.batch_size, progress=progress)
+            for clip in chunks:
+                features = model.encode_frames(processor(clip.frames))  # (c, p*p, d)
+                pooled.append(model.memory.pool_frames(features.to(device=weight.device, dtype=weight.dtype)))
+                del clip, features  # hold no frames while the next chunk decodes
+        return {"features": torch.cat(pooled)}
 
     def count_visual_tokens(self, inputs: dict[str, Any]) -> int:
         return int((inputs["input_ids"] == self.model.config.image_token_id).sum())
