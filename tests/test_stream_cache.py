@@ -141,3 +141,19 @@ def test_prefix_cache_keeps_the_newest_entry_and_counts_exactly():
     assert prefix_length(torch.tensor([False, True, True])) == 2  # one token is always left to prefill
     with pytest.raises(ValueError, match="no visual token"):
         prefix_length(torch.tensor([False, False]))
+
+
+def test_the_static_cache_decoder_answers_like_eager_generate(tiny):
+    """The session decodes through ``FlashVStream.decoder``; its static-cache mode (what runs on CUDA, without
+    the compilation) starts from the kept prefix and gives the same tokens and scores as eager generate."""
+    frames, times = stream_frames(tiny, 12)
+    eager, _ = answers(tiny, frames, times, prefix_cache=True)
+    previous = tiny.decoder
+    try:
+        tiny.set_decoder("static", warmup=False)
+        static, stats = answers(tiny, frames, times, prefix_cache=True)
+    finally:
+        tiny.decoder = previous
+    assert [s[0] for s in static] == [e[0] for e in eager] and stats.prefix_hits == len(QUESTIONS)
+    for s, e in zip(static, eager, strict=True):
+        torch.testing.assert_close(s[3], e[3], atol=1e-4, rtol=1e-4)
