@@ -55,12 +55,14 @@ class FlashInputBuilder:
         """
         vision = model.config.vision_config
         memory = model.flash_memory
+        device = next(model.parameters()).device
         processor = FlashFrameProcessor(
             max_pixels=max_pixels,
             patch_size=vision.patch_size,
             merge_size=vision.spatial_merge_size,
             temporal_patch_size=vision.temporal_patch_size,
             pool_size=memory.config.temporal_poolsize,
+            device=str(device) if device.type == "cuda" else None,  # resize and normalise on the model's GPU
         )
         builder = cls(tokenizer, processor, memory)
         for token, field in (

@@ -29,7 +29,8 @@ class StarInputBuilder:
     def for_model(cls, model, tokenizer) -> StarInputBuilder:
         """A builder matching ``model``'s vision tower; gives a LLaMA tokenizer without a pad token one.
 
-        The released model was trained with pad = unk (LLaMA tokenizers have no pad token).
+        The released model was trained with pad = unk (LLaMA tokenizers have no pad token). Frames are resized and
+        normalised on the model's GPU when it is on one.
         """
         from flash_vstream.vision.clip import CLIPFrameProcessor
 
@@ -37,6 +38,9 @@ class StarInputBuilder:
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
         config = model.config
         processor = CLIPFrameProcessor.from_vision_config(config.vision_config, aspect=config.image_aspect_ratio)
+        device = next(model.parameters()).device
+        if device.type == "cuda":
+            processor = dataclasses.replace(processor, device=str(device))
         return cls(model, tokenizer, processor)
 
     def __call__(
@@ -93,10 +97,7 @@ class StarInputBuilder:
         from flash_vstream.video.reader import iter_video
 
         model = self.model
-        device = next(model.parameters()).device
         processor = self.processor
-        if device.type == "cuda":
-            processor = dataclasses.replace(processor, device=str(device))
         weight = next(model.memory.parameters())  # pooled as the model's compress path pools: memory device, dtype
         pooled = []
         with torch.inference_mode():
