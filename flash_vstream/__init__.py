@@ -3,6 +3,7 @@
 Public API:
 
 - :func:`load_model` -> :class:`FlashVStream` (``answer(question, video=... | frames=... | features=...)``);
+- :class:`StreamSession`: a live stream's frames in, answers at any moment out (``push_frames``/``ask``);
 - configs :class:`FlashVStreamConfig` (STAR family) and the released-layout :class:`VStreamLegacyConfig`;
 - :class:`FlashVStreamForCausalLM`, the STAR-family Hugging Face model;
 - :func:`register_auto_classes`, which registers the STAR configs and model with transformers' Auto classes, so
@@ -22,6 +23,7 @@ _LAZY = {
     "Answer": "flash_vstream.inference.pipeline",
     "FlashVStream": "flash_vstream.inference.pipeline",
     "load_model": "flash_vstream.inference.pipeline",
+    "StreamSession": "flash_vstream.inference.streaming",
     "FlashVStreamConfig": "flash_vstream.config",
     "VStreamLegacyConfig": "flash_vstream.config",
     "FlashVStreamForCausalLM": "flash_vstream.model.modeling",

@@ -69,6 +69,8 @@ class Family:
         make_tiny: ``"module:function"`` ``(out, *, variant, layout, weights_format, seed) -> Path``.
         tiny_variants: ``make-tiny --variant`` names this family builds.
         sampler: default frame sampling for ``answer(video=...)``.
+        session_backend: ``"module:Class"`` that ``StreamSession`` drives (``Class(vs)``), or ``None`` when the
+            family cannot stream.
     """
 
     name: str
@@ -81,6 +83,7 @@ class Family:
     make_tiny: str
     tiny_variants: tuple[str, ...]
     sampler: SamplerPreset = field(default_factory=SamplerPreset)
+    session_backend: str | None = None
 
     def resolve(self, attribute: str) -> Any:
         """Import and return the object a ``"module:attribute"`` field names (``attribute`` is the field name)."""
@@ -147,6 +150,7 @@ def _builtin_families() -> None:
             tiny_variants=("star-vicuna", "star-qwen2"),
             # The released model saw 1-fps video; the cap keeps very long files cheap to decode (4 h).
             sampler=SamplerPreset(max_frames=14400),
+            session_backend="flash_vstream.inference.session_backends:StarSessionBackend",
         )
     )
     register_family(
@@ -170,6 +174,7 @@ def _builtin_families() -> None:
             tiny_variants=("flash-qwen2vl", "flash-qwen2_5vl"),
             # The published evaluation: 1 fps, at most 240 frames, uniformly re-sampled above.
             sampler=SamplerPreset(max_frames=240),
+            session_backend="flash_vstream.inference.session_backends:FlashSessionBackend",
         )
     )
 

@@ -8,7 +8,7 @@ import torch
 from flash_vstream import families as registry
 from flash_vstream.families import Family, family_for_model_type, get_family, register_family, tiny_variants
 
-CALLABLES = ("load_model", "input_builder", "validate_options", "make_tiny")
+CALLABLES = ("load_model", "input_builder", "validate_options", "make_tiny", "session_backend")
 
 
 @pytest.mark.parametrize("name", sorted(registry.families()))

@@ -222,20 +222,17 @@ class FlashSessionBackend:
         return output[:, ids.shape[1]:]
 
 
-SESSION_BACKENDS = {"star": StarSessionBackend, "flash": FlashSessionBackend}
-"""``FlashVStream.family`` -> its session backend."""
-
-
 def session_backend(vs):
-    """The session backend of a loaded model, by its family.
+    """The session backend of a loaded model: its family's ``session_backend`` record in the family registry.
 
     Raises:
-        ValueError: when the model's family has no session backend (or is unknown).
+        ValueError: when the model's family is unknown or has no session backend.
     """
-    backend = SESSION_BACKENDS.get(vs.family)
-    if backend is None:
-        raise ValueError(
-            f"model family {vs.family!r} has no streaming backend; StreamSession supports {sorted(SESSION_BACKENDS)} "
-            "(load the model with flash_vstream.load_model)"
-        )
-    return backend(vs)
+    from flash_vstream.families import get_family
+
+    if vs.family is None:
+        raise ValueError("this FlashVStream has no family; load the model with flash_vstream.load_model")
+    family = get_family(vs.family)
+    if family.session_backend is None:
+        raise ValueError(f"model family {vs.family!r} has no streaming backend")
+    return family.resolve("session_backend")(vs)

@@ -327,7 +327,7 @@ def _open_source(path: Path, backend: str, frames_fps: float, exact_count: bool)
 _IMAGE_FIX = "replace it or extract it again"
 
 
-def _load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+def load_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """One image file as ``(h, w, 3)`` uint8 RGB; ``size`` (w, h), when given, must match."""
     try:
         with Image.open(path) as image:
@@ -352,7 +352,7 @@ class _ImageSource:
 
     def __init__(self, path: Path, frames_fps: float):
         self.path, self.fps, self.num_frames = path, frames_fps, 1
-        self._rgb = _load_image(path)
+        self._rgb = load_image(path)
         self.height, self.width = self._rgb.shape[:2]
 
     def read(self, wanted: np.ndarray, progress: FrameProgress) -> np.ndarray:
@@ -370,15 +370,15 @@ class _FrameDirSource:
 
     def __init__(self, path: Path, frames_fps: float):
         self.path, self.fps = path, frames_fps
-        self._files = _numbered_frames(path)
+        self._files = numbered_frames(path)
         self.num_frames = len(self._files)
-        self.height, self.width = _load_image(self._files[0]).shape[:2]
+        self.height, self.width = load_image(self._files[0]).shape[:2]
 
     def read(self, wanted: np.ndarray, progress: FrameProgress) -> np.ndarray:
         size = (self.width, self.height)
         frames = []
         for done, i in enumerate(wanted, start=1):
-            frames.append(_load_image(self._files[i], size))
+            frames.append(load_image(self._files[i], size))
             progress.advance_to(done)
         return np.stack(frames)  # (t, h, w, 3)
 
@@ -386,7 +386,7 @@ class _FrameDirSource:
         pass
 
 
-def _numbered_frames(folder: Path) -> list[Path]:
+def numbered_frames(folder: Path) -> list[Path]:
     """Image files of ``folder`` sorted by the last integer in their names; errors name the offending file."""
     entries = sorted(folder.iterdir())
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]

@@ -50,7 +50,7 @@ import numpy as np
 from flash_vstream.video.backends import check_opens
 from flash_vstream.video.errors import VideoError, one_line
 from flash_vstream.video.quiet import ffmpeg_log_scope, ffmpeg_reason
-from flash_vstream.video.reader import _load_image, _numbered_frames
+from flash_vstream.video.reader import load_image, numbered_frames
 
 __all__ = [
     "END_REASONS",
@@ -377,7 +377,7 @@ class FrameFolderSource(FrameSource):
         path = Path(path)
         if not path.is_dir():
             raise VideoError(path, "no such folder", "check the path")
-        self._files = _numbered_frames(path)
+        self._files = numbered_frames(path)
         self._frames_fps = float(frames_fps)
         self._size: tuple[int, int] | None = None
 
@@ -386,7 +386,7 @@ class FrameFolderSource(FrameSource):
             yield file, i / self._frames_fps
 
     def _to_array(self, file: Path) -> np.ndarray:
-        rgb = _load_image(file, self._size)  # a frame of another size is a VideoError: the stream breaks
+        rgb = load_image(file, self._size)  # a frame of another size is a VideoError: the stream breaks
         self._size = self._size or (rgb.shape[1], rgb.shape[0])
         return rgb
 
