@@ -386,7 +386,7 @@ def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: a training config is a mapping with model/data/training keys")
+        raise ConfigError(f"{path}: a training config is a mapping with model, data and training keys")
     base = tree.pop("base", None)
     if base is None:
         return tree
