@@ -2,7 +2,8 @@
 
 Both runs go through the user's commands (``flash_vstream.cli.main``): the same tiny STAR checkpoint, the same two
 rows, one step of ``configs/train/star_debug.yaml``; only the media root differs (the videos, or the extraction's
-output). The first loss logged to each run's ``metrics.jsonl`` is compared.
+output). The first loss and gradient norm logged to each run's ``metrics.jsonl`` are compared, and a third run on
+the two rows' features swapped shows the bounds would catch features given to the wrong row.
 """
 
 from __future__ import annotations
