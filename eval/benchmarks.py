@@ -1,7 +1,8 @@
 """The benchmark registry: one declarative `Benchmark` spec per evaluable set, all run by the same runner.
 
 A spec names the benchmark family (which selects the profile's prompt/extraction/aggregation `Rules`), the
-loader, and the two switches that vary within a family: Video-MME with subtitles, and open-ended judging.
+loader, and the switches that vary within a family: Video-MME with subtitles, open-ended judging, and the
+real-time setting (RVS questions asked on the live stream, see `realtime`).
 `Benchmark.load_items` is what the runner and the scorer call: the valid questions plus the malformed records
 that were skipped (or, with ``strict``, an error naming the first).
 """
@@ -49,6 +50,8 @@ class Benchmark:
     """Answers are free text, scored by a judge (VStream-QA)."""
     submission: bool = False
     """Write a submission file for items whose labels are hidden (EgoSchema full set)."""
+    realtime: bool = False
+    """Questions are asked on the live stream at their annotated time (RVS), see `realtime`; offline on request."""
 
     def load_items(self, root: str | Path, source: str | None = None, *, strict: bool = False) -> LoadedItems:
         """Load the questions, skipping malformed records (each kept with its file, line and reason).
@@ -93,10 +96,20 @@ BENCHMARKS: dict[str, Benchmark] = {
             "vs_movie", "vstream", _vstream("vs_movie"), "VStream-QA VS-Movie (offline)", open_ended=True
         ),
         Benchmark(
-            "rvs_ego", "vstream", _vstream("rvs_ego"), "VStream-QA RVS-Ego (real-time)", open_ended=True
+            "rvs_ego",
+            "vstream",
+            _vstream("rvs_ego"),
+            "VStream-QA RVS-Ego (real-time)",
+            open_ended=True,
+            realtime=True,
         ),
         Benchmark(
-            "rvs_movie", "vstream", _vstream("rvs_movie"), "VStream-QA RVS-Movie (real-time)", open_ended=True
+            "rvs_movie",
+            "vstream",
+            _vstream("rvs_movie"),
+            "VStream-QA RVS-Movie (real-time)",
+            open_ended=True,
+            realtime=True,
         ),
     )
 }

@@ -87,6 +87,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="annotation file/folder or HF dataset id (local only) instead of auto-detection",
     )
+    run.add_argument(
+        "--offline",
+        action="store_true",
+        help="real-time sets (rvs_*): ask each question on its window [0, time] instead of on the live stream",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(func=_run_command)
 
@@ -156,6 +161,7 @@ def _run_command(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 strict=args.strict,
                 dist=dist,
+                offline=args.offline,
             )
         finally:
             cleanup_distributed()

@@ -8,6 +8,12 @@ so an interrupted run resumes where it stopped; ``run_config.json`` makes sure i
 ``predictions.jsonl`` and scores them into ``results.json`` / ``results.md`` (plus ``submission.{json,csv}`` for
 EgoSchema); no collective waits on the slowest rank, so no NCCL timeout can end a long run.
 
+Real-time benchmarks (RVS-Ego, RVS-Movie: ``Benchmark.realtime``) are run by `realtime.run_realtime_shard`
+instead: each video played once through a ``StreamSession``, every question asked at its annotated time, ranks
+taking whole videos. ``offline=True`` (``eval run --offline``) evaluates them the offline way, each question on
+its window ``[0, time]``; so does a ready model object that is not a loaded ``FlashVStream`` (it cannot stream).
+``run_config.json`` records which (``realtime``), so a resumed run never mixes the two.
+
     python -m flash_vstream.cli eval run --benchmark mvbench --model M --data DATA_ROOT/MVBench --out runs/mvb
     torchrun --nproc_per_node=8 -m flash_vstream.cli eval run --benchmark videomme --model M --data D --out O
 """
@@ -25,6 +31,7 @@ from flash_vstream_eval.items import AnnotationError, Item, MalformedRecord, saf
 from flash_vstream_eval.model_api import ModelSpec, model_identity, rank_device
 from flash_vstream_eval.predictions import PredictionWriter, recover_predictions
 from flash_vstream_eval.profiles import Profile, Rules, get_profile
+from flash_vstream_eval.realtime import can_stream, run_realtime_shard, shard_by_video
 from flash_vstream_eval.report import atomic_write, write_results
 from flash_vstream_eval.run_folder import prepare_run_folder
 from flash_vstream_eval.scoring import Judge, malformed_rows, score_records, skipped_rows, submission_files
@@ -218,8 +225,10 @@ def _run_config(
     model: Any,
     device: torch.device,
     world_size: int,
+    realtime: bool,
 ) -> dict[str, Any]:
     """What this run is (see `run_folder`): compared with the folder's ``run_config.json`` before anything runs."""
+    extra = {"realtime": realtime} if spec.realtime else {}  # other benchmarks' run folders are unchanged
     return {
         "benchmark": spec.name,
         "profile": prof.name,
@@ -231,6 +240,7 @@ def _run_config(
         "model_given": model.name_or_path if isinstance(model, ModelSpec) else None,
         "device": str(device),
         "world_size": world_size,
+        **extra,
     }
 
 
@@ -250,6 +260,7 @@ def run_benchmark(
     overwrite: bool = False,
     strict: bool = False,
     dist: DistInfo | None = None,
+    offline: bool = False,
 ) -> dict[str, Any] | None:
     """Evaluate ``model`` on a benchmark, resumably; return the results (``None`` on ranks that do not merge).
 
@@ -270,6 +281,8 @@ def run_benchmark(
         overwrite: Move an old run's files aside and start over instead of refusing a different run.
         strict: Fail on the first malformed annotation record instead of skipping and counting it.
         dist: This process's `flash_vstream.distributed.DistInfo`; default `init_distributed()` (torchrun-aware).
+        offline: For a real-time benchmark, ask each question offline on its window instead of on the live
+            stream (see the module docstring); no effect on other benchmarks.
 
     Raises:
         AnnotationError: For unusable annotations (file and line named; with ``strict`` any malformed record).
@@ -298,13 +311,19 @@ def run_benchmark(
         dist = init_distributed()
     model = _as_model(model)
     device = rank_device(model.device if isinstance(model, ModelSpec) else None, dist)
-    config = _run_config(spec, prof, rules, root, limit, annotations, model, device, dist.world_size)
+    realtime = spec.realtime and not offline and (isinstance(model, ModelSpec) or can_stream(model))
+    config = _run_config(spec, prof, rules, root, limit, annotations, model, device, dist.world_size, realtime)
     prepare_run_folder(out_dir, config, rank=dist.rank, overwrite=overwrite, barrier=_barrier)
     if reader is None:
         from flash_vstream.video import read_video as reader
     load = (lambda: model.load(device)) if isinstance(model, ModelSpec) else (lambda: model)
     shard = _shard_path(out_dir, dist.rank, dist.world_size)
-    _run_shard(items[dist.rank :: dist.world_size], shard, root, spec, rules, load, reader, progress, dist.rank)
+    if realtime:
+        mine = shard_by_video(items, dist.rank, dist.world_size)
+        run_realtime_shard(mine, shard, root, rules, load, progress, f"{spec.name} [rank {dist.rank}]")
+    else:
+        mine = items[dist.rank :: dist.world_size]
+        _run_shard(mine, shard, root, spec, rules, load, reader, progress, dist.rank)
     records = _merge(out_dir, items, dist.world_size)
     if records is None:
         return None
