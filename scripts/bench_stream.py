@@ -396,7 +396,8 @@ def ratios(results: dict, points: list[int]) -> dict:
 
 
 # --- main --------------------------------------------------------------------------------------------------------
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (``argv``: default ``sys.argv``); exits with status 2 naming a bad flag."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="write the results as JSON here (rewritten after each part)")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: checks the script runs")
@@ -415,7 +416,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--live-ask-interval", type=float, default=0.5, help="seconds between part-3 questions")
     parser.add_argument("--uniform-frames", type=int, default=64, help="frame budget of the uniform baseline")
     parser.add_argument("--decode", default="auto", help="decode mode of the families (auto: compiled on CUDA)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.points = [int(p) for p in args.points.split(",")]
     args.ratio_points = [int(p) for p in args.ratio_points.split(",")]
     if sorted(args.points) != args.points or min(args.points) < 2:
