@@ -132,7 +132,7 @@ def test_missing_video_skips_its_questions_and_a_rerun_answers_them(full_run, ti
 def test_offline_flag_evaluates_each_window_the_old_way(full_run, checkpoint, tmp_path, capsys):
     source, _ = full_run
     argv = ["eval", "run", "--benchmark", "rvs_ego", "--model", str(checkpoint), "--data", str(source),
-            "--no-progress", "--out"]
+            "--no-progress", "--max-new-tokens", "8", "--out"]
     assert main([*argv, str(tmp_path / "offline"), "--offline"]) == 0
     offline = read_jsonl(tmp_path / "offline" / "predictions.jsonl")
     assert json.loads((tmp_path / "offline" / "run_config.json").read_text())["realtime"] is False
