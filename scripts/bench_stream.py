@@ -26,7 +26,7 @@ has the shapes, sizes and caps of a real N-frame stream; encoder speed is figure
 Prompts: a tiny locally trained tokenizer (no downloads) with the models' special ids, so the text around the
 memory is a few dozen tokens, as a short question is.
 
-    python scripts/bench_stream.py --out bench_stream.json          # 1 GPU, ~8 min (2 compiles, 2 x 7B builds)
+    python scripts/bench_stream.py --out bench_stream.json          # 1 GPU; not yet timed (2 compiles, 3 x 7B)
     python scripts/bench_stream.py --families flash --skip-uniform  # one part at a time
     python scripts/bench_stream.py --tiny                           # tiny models on the CPU: checks it runs
 
