@@ -155,3 +155,31 @@ def test_video_groups_and_shards(tmp_path):
     assert shard_by_video(items, 0, 3) + shard_by_video(items, 1, 3) + shard_by_video(items, 2, 3) == [
         item for group in groups for item in group
     ]
+
+
+def flash_expected(record_id: str) -> tuple[int, int]:
+    """``(frames in the memory, frames pushed)`` for a Flash model, which folds frames in pairs.
+
+    A question is asked before the first frame after its time, once the memory holds a pair; a question past the
+    last frame is asked after the stream finished (an odd last frame is then padded, and counted as seen).
+    """
+    video, i = record_id.rsplit("-", 1)
+    t, n = TIMES[video][int(i)], FRAMES[video]
+    if t >= n - 1:
+        return n, n
+    pushed = max(sum(k <= t for k in range(n)), 2)
+    return pushed - pushed % 2, pushed
+
+
+def test_flash_family_answers_from_whole_frame_pairs(tmp_path):
+    from flash_vstream import load_model
+    from flash_vstream.model.tiny_qwen2vl import make_tiny_flash
+
+    model = load_model(make_tiny_flash(tmp_path / "flash", seed=0))
+    root = rvs_root(tmp_path / "data")
+    results = run_benchmark("rvs_ego", model, root, tmp_path / "out", progress=False, max_new_tokens=4)
+    assert results["counts"]["predicted"] == 9
+    records = read_jsonl(tmp_path / "out" / "predictions.jsonl")
+    assert {r["id"]: (r["frames"], r["frames_pushed"]) for r in records} == {
+        r["id"]: flash_expected(r["id"]) for r in records
+    }
