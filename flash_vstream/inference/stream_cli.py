@@ -342,8 +342,9 @@ def _interactive(session, source, wait_for_model: bool, stdin, stdout, stderr) -
     stop = threading.Event()
     feeder = threading.Thread(target=feed, name="stream-feed", daemon=True)
     feeder.start()
+    status_line = threading.Thread(target=status, name="stream-status", daemon=True)
     if terminal:
-        threading.Thread(target=status, name="stream-status", daemon=True).start()
+        status_line.start()
     say(f"streaming {source.name}; type a question and press Enter ({_QUIT[0]} or Ctrl-D to quit)")
     try:
         for line in stdin:
@@ -364,6 +365,8 @@ def _interactive(session, source, wait_for_model: bool, stdin, stdout, stderr) -
         stop.set()
         source.close()
         feeder.join()
+        if status_line.is_alive():
+            status_line.join()  # no thread left touching the session or the terminal when the command returns
     return 0
 
 

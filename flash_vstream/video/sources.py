@@ -66,6 +66,7 @@ __all__ = [
 END_REASONS = ("ended", "stalled", "broken", "stopped")
 URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "hls")
 _LOOKAHEAD = 2  # frames the reader thread may decode ahead of the consumer
+CLOSE_JOIN_SECONDS = 5.0  # how long close() waits for the reader thread to let go of its decoder
 _POLL = 0.05  # seconds between stall checks while the consumer waits
 _RECENT_LOG = 4  # FFmpeg messages kept to explain a failure
 
@@ -173,6 +174,10 @@ class FrameSource:
         self._stop.set()
         if self._thread is None:
             self._release()
+        elif self._thread is not threading.current_thread():
+            # Let the reader release its container before we return: a decoder torn down by interpreter exit
+            # can abort the process. Bounded, since a live source may sit in a blocking read.
+            self._thread.join(timeout=CLOSE_JOIN_SECONDS)
 
     def __enter__(self) -> FrameSource:
         return self
