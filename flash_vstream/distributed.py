@@ -130,11 +130,20 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device)
 
 
-def cleanup_distributed() -> None:
-    """Leave the default process group if one is initialised (call once at the end of a run)."""
+def cleanup_distributed(*, wait: bool = False) -> None:
+    """Leave the default process group if one is initialised (call once at the end of a run).
+
+    Args:
+        wait: meet every rank at a barrier first. A gloo rank that tears its group down while a peer is still
+            connected can abort at exit ("terminate called without an active exception"), so jobs whose ranks
+            finish together pass ``wait=True`` on success. Not after a failure (the peers may be gone), and not
+            where ranks finish hours apart (a barrier would time out).
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -70,7 +70,7 @@ def main() -> None:
     assert world_size == 2, world_size
     results = {variant: run_variant(variant, rank, out) for variant in variants}
     (out / f"rank{rank}.json").write_text(json.dumps(results))
-    cleanup_distributed()
+    cleanup_distributed(wait=True)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def run_extract(args: argparse.Namespace) -> int:
     from flash_vstream.distributed import cleanup_distributed, init_distributed
 
     rank, _, world_size, rank_device = init_distributed()
+    finished = False
     try:
         # --- setup: every rank builds the same plan, so the shards need no communication
         from flash_vstream.train import extraction
@@ -103,9 +104,10 @@ def run_extract(args: argparse.Namespace) -> int:
             mixture = extraction.write_features_mixture(args.data, args.media_root, plan.out)
             _write_report(plan.out / extraction.REPORT_NAME, record)
             print(extraction.render_summary(record, extraction.features_hint(args.data, plan.out, mixture)))
+        finished = True
         return 1 if record["failed"] else 0
     finally:
-        cleanup_distributed()
+        cleanup_distributed(wait=finished)  # the ranks finish together (they just gathered their summaries)
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -181,6 +181,7 @@ def run_training(config: TrainConfig, callbacks: list | tuple = ()) -> RunResult
     print0(f"train: {world_size} process(es), run folder {output_dir}" + (f", resuming {resume}" if resume else ""))
     set_seed(args.seed)  # the new parts of a model built from an LLM + a vision tower are initialised with it
 
+    result = None
     try:
         # --- model and data ---------------------------------------------------------------------------------
         start = build_start(config.model)
@@ -212,7 +213,7 @@ def run_training(config: TrainConfig, callbacks: list | tuple = ()) -> RunResult
     finally:
         # --- cleanup ------------------------------------------------------------------------------------
         # Without it a DeepSpeed/gloo rank can abort at exit ("terminate called without an active exception").
-        cleanup_distributed()
+        cleanup_distributed(wait=result is not None)
     return result
 
 
