@@ -4,7 +4,7 @@ One process, or one per GPU under torchrun (each takes every ``WORLD_SIZE``-th m
 
     flash-vstream extract-features --data data/train.jsonl --media-root data/videos --out data/features \
         --model IVGSZ/Flash-VStream-7b
-    torchrun --nproc_per_node 8 -m flash_vstream.cli extract-features --data configs/data/star_stage2.yaml \
+    torchrun --nproc_per_node 8 -m flash_vstream.cli extract-features --data star_stage2_mixture.yaml \
         --media-root data --out data/features --vision-tower openai/clip-vit-large-patch14
 
 Every medium the data selects is read at 1 fps (the STAR family's sampler), run through the CLIP tower of the STAR

@@ -1,8 +1,8 @@
 """Data mixtures: several data files, each with a sampling strategy and its own media folders, from YAML.
 
-A mixture file (``configs/data/*.yaml``)::
+A mixture file (examples ship in the repository's ``configs`` folder, under ``data``)::
 
-    # flash-vstream data check --data configs/data/star_stage1.yaml --media-root data
+    # flash-vstream data check --data star_stage1_mixture.yaml --media-root DATA_ROOT
     seed: 0
     sources:
       - path: pretrain/llava_558k_with_webvid.json
