@@ -170,7 +170,7 @@ class Mixture:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"mixture {path} does not exist; pass a YAML file like configs/data/<name>.yaml")
+            raise FileNotFoundError(f"mixture {path} does not exist; pass a mixture YAML file")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
