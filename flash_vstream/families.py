@@ -235,15 +235,10 @@ def load_preset(path: str | Path) -> tuple[str, dict]:
         FileNotFoundError: when the file is missing.
         ValueError: for malformed YAML, unknown keys, an unknown family or an invalid option, naming the file.
     """
-    import yaml
+    from flash_vstream.yamlfiles import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"preset {path} does not exist; pass a YAML file such as configs/models/<name>.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from err
+    data = read_yaml(path, "preset", "a YAML file such as configs/models/<name>.yaml")
     if not isinstance(data, dict) or set(data) - {"family", "options"}:
         raise ValueError(f"{path}: expected a mapping with the keys 'family' and 'options'")
     name, options = data.get("family"), data.get("options") or {}

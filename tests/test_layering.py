@@ -11,6 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "flash_vstream"
 LAYERS = {
     "distributed": 0,
+    "yamlfiles": 0,
     "video": 0,
     "vision": 1,
     "memory": 2,

@@ -42,6 +42,8 @@ from typing import Any
 
 import yaml
 
+from flash_vstream.yamlfiles import read_yaml
+
 __all__ = [
     "CONFIG_FILE",
     "DataArgs",
@@ -376,15 +378,10 @@ def build_dataclass(cls: type, values: Any, where: str):
 
 def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict:
     """The YAML file at ``path`` merged over its ``base:`` chain."""
-    if not path.is_file():
-        raise FileNotFoundError(f"training config {path} does not exist; pass a YAML file such as configs/train/*.yaml")
+    tree = read_yaml(path, "training config", "a YAML file such as configs/train/*.yaml", error=ConfigError) or {}
     real = path.resolve()
     if real in seen:
         raise ConfigError(f"{path}: 'base:' files form a cycle through {real}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a training config is a mapping with model, data and training keys")
     base = tree.pop("base", None)

@@ -166,15 +166,9 @@ class Mixture:
             FileNotFoundError: when it does not exist.
             ValueError: for invalid YAML or an invalid mixture, naming the file.
         """
-        import yaml
+        from flash_vstream.yamlfiles import read_yaml
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"mixture {path} does not exist; pass a mixture YAML file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {err}".replace("\n", " ")) from None
+        data = read_yaml(path, "mixture", "a mixture YAML file")
         return cls.from_dict(data, where=str(path))
 
     @classmethod
