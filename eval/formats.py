@@ -9,14 +9,24 @@ Flash-VStream-Qwen ships one layout for every multiple-choice benchmark
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flash_vstream_eval.items import LETTERS, AnnotationError, Item, RecordLog, find_media, require, strict_log
+from flash_vstream_eval.items import (
+    LETTERS,
+    AnnotationError,
+    Item,
+    RecordLog,
+    find_media,
+    read_records,
+    require,
+    strict_log,
+)
 
 __all__ = [
     "check_unique_ids",
+    "load_question_records",
     "flash_item",
     "flash_media_candidates",
     "letter_to_index",
@@ -75,6 +85,30 @@ def letter_to_index(answer: Any, num_options: int, where: str) -> int:
     if not 0 <= index < num_options:
         raise AnnotationError(f"{where}: answer {answer!r} is out of range for {num_options} options.")
     return index
+
+
+def load_question_records(
+    files: Sequence[Path],
+    root: Path,
+    log: RecordLog,
+    group_key: str,
+    grouped: Callable[[dict, str, Path, RecordLog], Iterable[Item]],
+    single: Callable[[Any, str, Path], Item],
+) -> list[Item]:
+    """Items of annotation files whose records are one question each, or one video with its questions.
+
+    A record holding ``group_key`` (the official per-video layouts) goes to ``grouped``, any other to ``single``;
+    a malformed record goes to ``log`` (with its file and line) and is skipped. Ids are checked to be unique.
+    """
+    items: list[Item] = []
+    for path in files:
+        for where, record in read_records(path, log):
+            with log.guard(where, record):
+                if isinstance(record, dict) and group_key in record:
+                    items.extend(grouped(record, where, root, log))
+                else:
+                    items.append(single(record, where, root))
+    return check_unique_ids(items, files[0], log)
 
 
 def check_unique_ids(items: Sequence[Item], source: Path | str, log: RecordLog | None = None) -> list[Item]:

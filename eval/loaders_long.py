@@ -27,6 +27,7 @@ from flash_vstream_eval.formats import (
     check_unique_ids,
     flash_item,
     letter_to_index,
+    load_question_records,
     split_options,
     strip_letter,
 )
@@ -269,13 +270,4 @@ def load_lvbench(root: Path, source: str | None = None, log: RecordLog | None = 
     """
     log = strict_log(log)
     files = annotation_files(root, source, LVBENCH_PATTERNS, "LVBench")
-    root = Path(root)
-    items: list[Item] = []
-    for path in files:
-        for where, record in read_records(path, log):
-            with log.guard(where, record):
-                if isinstance(record, dict) and "qa" in record:
-                    items.extend(_lvbench_video(record, where, root, log))
-                else:
-                    items.append(_lvbench_record(record, where, root))
-    return check_unique_ids(items, files[0], log)
+    return load_question_records(files, Path(root), log, "qa", _lvbench_video, _lvbench_record)

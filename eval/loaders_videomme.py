@@ -17,9 +17,9 @@ from pathlib import Path
 
 from flash_vstream_eval.formats import (
     annotation_files,
-    check_unique_ids,
     flash_item,
     letter_to_index,
+    load_question_records,
     strip_letter,
 )
 from flash_vstream_eval.items import (
@@ -27,7 +27,6 @@ from flash_vstream_eval.items import (
     Item,
     RecordLog,
     find_media,
-    read_records,
     require,
     safe_join,
     strict_log,
@@ -127,13 +126,4 @@ def load_videomme(root: Path, source: str | None = None, log: RecordLog | None =
     """
     log = strict_log(log)
     files = annotation_files(root, source, VIDEOMME_PATTERNS, "Video-MME")
-    root = Path(root)
-    items: list[Item] = []
-    for path in files:
-        for where, record in read_records(path, log):
-            with log.guard(where, record):
-                if isinstance(record, dict) and "questions" in record:
-                    items.extend(_grouped_video(record, where, root, log))
-                else:
-                    items.append(_record(record, where, root))
-    return check_unique_ids(items, files[0], log)
+    return load_question_records(files, Path(root), log, "questions", _grouped_video, _record)
