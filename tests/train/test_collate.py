@@ -30,11 +30,6 @@ def star():
     return star_model("llama")
 
 
-@pytest.fixture(scope="module")
-def flash():
-    return flash_model()
-
-
 @pytest.fixture
 def star_items(star, tmp_path):
     """Encoded STAR samples: a 3-frame video, a text-only dialogue, a 6-frame caption (different lengths)."""

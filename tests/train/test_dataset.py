@@ -26,32 +26,15 @@ from tests.train.batchfixtures import (
     DIALOGUE,
     TEXT_ONLY,
     TINY_FEATURE,
-    flash_model,
     random_features,
     row,
     samples,
-    star_model,
     write_features,
     write_frame_folder,
 )
 from tests.train.trainfixtures import write_image
 
 TWO_VIDEOS = [{"from": "human", "value": "<video>\n<video>\nCompare them."}, {"from": "gpt", "value": "Same."}]
-
-
-@pytest.fixture(scope="module")
-def star_llama():
-    return star_model("llama")
-
-
-@pytest.fixture(scope="module")
-def star_qwen():
-    return star_model("qwen2")
-
-
-@pytest.fixture(scope="module")
-def flash():
-    return flash_model()
 
 
 # ---------------------------------------------------------------------------------------------- construction

@@ -24,11 +24,9 @@ from tests.train.batchfixtures import (
     CAPTION,
     DIALOGUE,
     TEXT_ONLY,
-    flash_model,
     random_features,
     row,
     samples,
-    star_model,
     write_features,
     write_frame_folder,
 )
@@ -53,21 +51,6 @@ def llama_tok():
 @pytest.fixture(scope="module")
 def chat_tok():
     return build_tiny_tokenizer("chatml")
-
-
-@pytest.fixture(scope="module")
-def star_llama():
-    return star_model("llama")
-
-
-@pytest.fixture(scope="module")
-def star_qwen():
-    return star_model("qwen2")
-
-
-@pytest.fixture(scope="module")
-def flash():
-    return flash_model()
 
 
 # ---------------------------------------------------------------------------------------------- rendered text
