@@ -129,6 +129,28 @@ class SyntheticBatches(Dataset):
         }
 
 
+class StepProfiler(TrainerCallback):
+    """``torch.profiler`` over one optimiser step (the first timed one); prints the ops by device time."""
+
+    def __init__(self, step: int, rows: int = 25):
+        self.step, self.rows, self.profiler = step, rows, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.profiler = torch.profiler.profile(activities=activities, record_shapes=True)
+            self.profiler.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            print(self.profiler.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=self.rows))
+            self.profiler = None
+
+
 class StepTimer(TrainerCallback):
     """Seconds of every optimiser step, each bracketed by a device synchronisation."""
 
@@ -168,7 +190,7 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     trainer = FlashVStreamTrainer(
         model=model, args=training, train_dataset=dataset, data_collator=collator_for(base, tokenizer),
-        callbacks=[timer],
+        callbacks=[timer] + ([StepProfiler(args.warmup)] if args.profile else []),
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -196,6 +218,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimiser steps first")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: checks the script runs")
     parser.add_argument("--out", default=None, help="write the JSON here too")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one timed step")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args()
     cases = list(CASES) if args.case == "all" else [args.case]
