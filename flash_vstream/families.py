@@ -4,7 +4,10 @@ A *family* is a way of turning video into visual tokens for a language model (th
 inside Qwen-VL, ...). Its record says everything the rest of the code base needs to know about it:
 
 - which checkpoint ``model_type`` values it loads (``load_model`` dispatches on the checkpoint's own
-  ``config.json``, never on its path);
+  ``config.json``, never on its path). A ``model_type`` belongs to one family by default; another family may
+  also load it (``shared_model_types``) when asked for by name (``load_model(..., family=)``, a preset's
+  ``family:``) or when ``config.json`` carries the marker ``"flash_vstream_family": "<name>"`` that this
+  project's own saves write (:func:`family_for_config`);
 - its config class, its model loader (which returns only the model), its input builder, its frame-sampling
   preset, its ``make-tiny`` builder and variants, and its options schema.
 
@@ -71,6 +74,8 @@ class Family:
         sampler: default frame sampling for ``answer(video=...)``.
         session_backend: ``"module:Class"`` that ``StreamSession`` drives (``Class(vs)``), or ``None`` when the
             family cannot stream.
+        shared_model_types: ``model_type`` values another family loads by default, which this one loads only when
+            named (``family=`` or the ``flash_vstream_family`` marker of ``config.json``).
     """
 
     name: str
@@ -84,6 +89,7 @@ class Family:
     tiny_variants: tuple[str, ...]
     sampler: SamplerPreset = field(default_factory=SamplerPreset)
     session_backend: str | None = None
+    shared_model_types: tuple[str, ...] = ()
 
     def resolve(self, attribute: str) -> Any:
         """Import and return the object a ``"module:attribute"`` field names (``attribute`` is the field name)."""
@@ -155,6 +161,26 @@ def _builtin_families() -> None:
     )
     register_family(
         Family(
+            name="streamingvlm",
+            description="StreamingVLM (2025): Qwen2.5-VL with a text-sink + sliding-window KV cache and contiguous "
+            "RoPE, live commentary",
+            model_types=(),
+            # Plain Qwen2.5-VL checkpoints are the Flash family's by default; the published StreamingVLM
+            # fine-tune has that layout, so it loads here when named (preset ``family: streamingvlm``).
+            shared_model_types=("qwen2_5_vl",),
+            config_classes=(),
+            load_model="flash_vstream.model.streamingvlm:load_streamingvlm_model",
+            input_builder="flash_vstream.inference.streamingvlm_session:StreamingVLMInputBuilder",
+            validate_options="flash_vstream.model.streamingvlm:validate_streamingvlm_options",
+            make_tiny="flash_vstream.model.streamingvlm:make_tiny_streamingvlm",
+            tiny_variants=("streamingvlm",),
+            # 2 fps: one temporal patch (2 frames) per 1-s chunk, as the model was trained.
+            sampler=SamplerPreset(target_fps=2.0, max_frames=480),
+            session_backend="flash_vstream.inference.streamingvlm_session:StreamingVLMSessionBackend",
+        )
+    )
+    register_family(
+        Family(
             name="flash",
             description="Flash-VStream Flash Memory (ICCV 2025) inside Qwen2-VL / Qwen2.5-VL",
             model_types=(
@@ -209,6 +235,37 @@ def family_for_model_type(model_type: str) -> Family:
     raise ValueError(
         f"checkpoint has model_type {model_type!r}, which flash-vstream cannot load; supported model types: "
         f"{', '.join(supported_model_types())}. Point --model at a Flash-VStream, Qwen2-VL or Qwen2.5-VL checkpoint."
+    )
+
+
+FAMILY_MARKER = "flash_vstream_family"
+"""``config.json`` key naming the family of a checkpoint whose ``model_type`` another family also loads."""
+
+
+def family_for_config(config, requested: str | None = None, where: str = "checkpoint") -> Family:
+    """The family that loads a checkpoint config (a ``config.json`` dict or a transformers config).
+
+    Precedence: ``requested`` (the caller's ``family=``), then the config's ``flash_vstream_family`` marker, then
+    the ``model_type`` table (:func:`family_for_model_type`).
+
+    Raises:
+        ValueError: for an unknown family name, or a named family that does not load this ``model_type``.
+    """
+    field = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    model_type, marker = field("model_type"), field(FAMILY_MARKER)
+    name = requested or marker
+    if name is None:
+        return family_for_model_type(model_type)
+    if name not in families():
+        raise ValueError(f"{where} names model family {name!r} ({FAMILY_MARKER}), which is not registered; known "
+                         f"families: {', '.join(sorted(families()))}")
+    family = get_family(name)
+    if model_type in family.model_types + family.shared_model_types:
+        return family
+    found = family_for_model_type(model_type)
+    raise ValueError(
+        f"the options are for the {name} family but {where} is a {found.name} checkpoint "
+        f"({found.description}); use a preset made for {found.name} models"
     )
 
 

@@ -221,14 +221,18 @@ def load_model(
 ) -> FlashVStream:
     """Load a checkpoint (a local directory or a Hugging Face Hub id) into a ready :class:`FlashVStream`.
 
-    Dispatches on the checkpoint's own ``model_type`` through the family registry (:mod:`flash_vstream.families`).
+    Dispatches on the checkpoint's own ``model_type`` through the family registry (:mod:`flash_vstream.families`),
+    or on ``family`` / the checkpoint's ``flash_vstream_family`` marker where a ``model_type`` is shared
+    (:func:`~flash_vstream.families.family_for_config`).
 
     Args:
         name_or_path: local checkpoint directory or Hub id such as ``"IVGSZ/Flash-VStream-7b"``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (default: CUDA when available, else CPU).
         dtype: ``"bfloat16"``, ``"float16"``, ``"float32"``, ``"auto"`` (the checkpoint's) or a ``torch.dtype``
             (default: bf16 on CUDA, fp32 on CPU).
-        family: the family the caller expects (e.g. from a preset); another family's checkpoint is an error.
+        family: the family the caller expects (e.g. from a preset); it selects the family of a shared
+            ``model_type`` (``"streamingvlm"`` for a plain Qwen2.5-VL checkpoint); a checkpoint the family cannot
+            load is an error.
         decode: how answers decode (:meth:`FlashVStream.set_decoder`): ``"auto"`` compiles a static-cache decode
             step into CUDA graphs at load on CUDA (about half a minute, then several times faster per token) and
             decodes eagerly elsewhere; ``"eager"`` never compiles (best for a single question).
@@ -242,19 +246,14 @@ def load_model(
     """
     from transformers import AutoTokenizer
 
-    from flash_vstream.families import family_for_model_type
+    from flash_vstream.families import family_for_config
     from flash_vstream.model.auto import register_auto_classes
-    from flash_vstream.model.loading import read_model_type, resolve_checkpoint, resolve_device, resolve_dtype
+    from flash_vstream.model.loading import read_checkpoint_config, resolve_checkpoint, resolve_device, resolve_dtype
 
     device = resolve_device(device)
     path = resolve_checkpoint(name_or_path)
     dtype = resolve_dtype(dtype, device, checkpoint=path)
-    found = family_for_model_type(read_model_type(path))
-    if family is not None and family != found.name:
-        raise ValueError(
-            f"the options are for the {family} family but {path} is a {found.name} checkpoint "
-            f"({found.description}); use a preset made for {found.name} models"
-        )
+    found = family_for_config(read_checkpoint_config(path), family, where=str(path))
     options = found.check_options(options, where="model options")
     register_auto_classes()
     try:

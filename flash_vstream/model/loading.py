@@ -98,8 +98,8 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
         ) from None
 
 
-def read_model_type(path: Path) -> str:
-    """The ``model_type`` of a checkpoint's ``config.json``.
+def read_checkpoint_config(path: Path) -> dict:
+    """A checkpoint's ``config.json`` as a dict, checked to name its ``model_type``.
 
     Raises:
         FileNotFoundError: without a ``config.json``.
@@ -114,4 +114,9 @@ def read_model_type(path: Path) -> str:
         raise ValueError(f"{config_file} is not valid JSON ({err}); the checkpoint is corrupt") from err
     if not isinstance(config, dict) or "model_type" not in config:
         raise ValueError(f"{config_file} has no 'model_type' field, so its model family is unknown")
-    return config["model_type"]
+    return config
+
+
+def read_model_type(path: Path) -> str:
+    """The ``model_type`` of a checkpoint's ``config.json`` (errors as :func:`read_checkpoint_config`)."""
+    return read_checkpoint_config(path)["model_type"]
