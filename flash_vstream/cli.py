@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_ask(sub)
     _add_make_tiny(sub)
+    from flash_vstream.data.cli import add_make_data_command
     from flash_vstream.inference.stream_cli import add_stream_command
     from flash_vstream.train.commands import add_data_commands
     from flash_vstream.train.extract_cli import add_extract_command
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_data_commands(sub)
     add_extract_command(sub)
+    add_make_data_command(sub)
     for entry in entry_points(group="flash_vstream.commands"):
         entry.load()(sub)
     return parser

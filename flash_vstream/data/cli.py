@@ -1,0 +1,78 @@
+"""``flash-vstream make-data``: synthetic video-QA data and the demo model's start point.
+
+- ``make-data synthetic --out DIR --n N --seed S [--split train|heldout] [--kinds ...] [--turns T]``: frame
+  folders ``DIR/clips/<id>/`` and the LLaVA-style ``DIR/<split>.json`` (``flash-vstream data check`` reads it);
+- ``make-data demo-start --out DIR [--seed S]``: the untrained demo model and its word tokenizer, the start point
+  of ``configs/train/demo.yaml``;
+- ``make-data demo-ship --run DIR --out DIR --seed S``: copy a trained demo run into a model folder with its
+  ``MANIFEST.json`` (what ``flash_vstream/demo/`` holds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["add_make_data_command"]
+
+
+def add_make_data_command(sub) -> None:
+    """Register ``make-data`` and its subcommands on the ``flash-vstream`` subparsers."""
+    from flash_vstream.data.synthetic import KINDS, SHORT_KINDS, SPLITS
+
+    parser = sub.add_parser("make-data", help="write synthetic video-QA data or the demo model's start point")
+    kinds = parser.add_subparsers(dest="make_data", required=True)
+    synthetic = kinds.add_parser("synthetic", help="procedural videos (frame folders) and LLaVA-style questions")
+    synthetic.add_argument("--out", required=True, help="output folder (clips/ and <split>.json)")
+    synthetic.add_argument("--n", type=int, required=True, help="number of clips")
+    synthetic.add_argument("--seed", type=int, default=0, help="seed of the set (default 0)")
+    synthetic.add_argument("--split", choices=sorted(SPLITS), default="train",
+                           help="train or heldout: held-out scene seeds never overlap training ones (default train)")
+    synthetic.add_argument("--kinds", nargs="+", choices=KINDS, default=list(SHORT_KINDS),
+                           help="question kinds, cycled over the clips (default: every short-clip kind)")
+    synthetic.add_argument("--turns", type=int, default=1, help="questions per clip, as dialogue turns (default 1)")
+    synthetic.add_argument("--choice-rate", type=float, default=0.3,
+                           help="share of questions in multiple-choice form (default 0.3)")
+    synthetic.set_defaults(func=run_synthetic)
+    start = kinds.add_parser("demo-start", help="the untrained demo model (training start point)")
+    start.add_argument("--out", required=True, help="output folder")
+    start.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    start.set_defaults(func=run_demo_start)
+    ship = kinds.add_parser("demo-ship", help="package a trained demo run with its manifest")
+    ship.add_argument("--run", required=True, help="the training run folder (training.output_dir)")
+    ship.add_argument("--out", required=True, help="the model folder to write (flash_vstream/demo to ship it)")
+    ship.add_argument("--seed", type=int, required=True, help="the seed the run was made with (recorded)")
+    ship.add_argument("--command", action="append", default=[], dest="commands",
+                      help="a command of the recipe, repeatable, in order (recorded)")
+    ship.set_defaults(func=run_demo_ship)
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    from flash_vstream.data.synthetic import write_dataset
+
+    if args.turns < 1:
+        raise ValueError(f"--turns must be >= 1, got {args.turns}")
+    if "needle" in args.kinds and args.turns != 1:
+        raise ValueError("needle clips take one question; pass --turns 1 with --kinds needle")
+    path = write_dataset(Path(args.out), split=args.split, seed=args.seed, n=args.n, kinds=tuple(args.kinds),
+                         turns=args.turns, choice_rate=args.choice_rate)
+    print(f"wrote {args.n} clips and {path} (media root {args.out})")
+    return 0
+
+
+def run_demo_start(args: argparse.Namespace) -> int:
+    from flash_vstream.data.demo import write_demo_start
+
+    out = write_demo_start(Path(args.out), seed=args.seed)
+    print(f"wrote the untrained demo model to {out}")
+    return 0
+
+
+def run_demo_ship(args: argparse.Namespace) -> int:
+    from flash_vstream.data.demo import ship_demo
+
+    commands = args.commands or [" ".join(["flash-vstream", *sys.argv[1:]])]
+    manifest = ship_demo(Path(args.run), Path(args.out), commands=commands, seed=args.seed)
+    print(f"wrote {manifest}")
+    return 0

@@ -1,0 +1,141 @@
+"""The shipped demo model: its start point (word tokenizer + tiny STAR model), where it lives, and its manifest.
+
+The demo model is a tiny STAR-family model (a 3-layer CLIP-style vision tower at 112 px, the STAR memory sized for
+short clips, an MLP projector and a 4-layer LLaMA-type decoder) with a word-level tokenizer over the synthetic
+data's vocabulary. It is trained from :func:`write_demo_start` by ``flash-vstream train --config
+configs/train/demo.yaml`` (``docs/demo.md`` gives the whole recipe) and shipped in ``flash_vstream/demo/``
+with a ``MANIFEST.json`` (command, seed, sha256 of every file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from flash_vstream.data.synthetic import vocabulary
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+"""The shipped demo model (package data)."""
+MANIFEST = "MANIFEST.json"
+SPECIALS = ("<unk>", "<pad>", "<|user|>", "<|assistant|>", "<|end|>")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|> {{ m['content'] }} "
+    "{% else %}<|assistant|> {{ m['content'] }}<|end|>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+"""A two-role template; each reply ends with ``<|end|>``, the end-of-sequence token."""
+
+# Sizes of the demo model. The vision tower keeps CLIP's patch 14; 112 px gives an 8 x 8 patch grid.
+VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, image_size=112,
+              patch_size=14, projection_dim=32, hidden_act="quick_gelu")
+TEXT = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False)
+# The STAR memory for clips of up to 10 frames: every past frame is its own temporal cluster (16 tokens) and
+# abstract slot (1 token), one key frame is retrieved and the newest frame is kept whole (64 tokens each).
+MEMORY = dict(spatial_frames=1, spatial_size=8, temporal_clusters=10, temporal_size=4, abstract_slots=10,
+              abstract_size=1, retrieved_frames=1, attention_dim=16)
+
+
+def demo_model_dir() -> Path:
+    """The shipped demo model's folder.
+
+    Raises:
+        FileNotFoundError: when the package was installed without it, naming the fix.
+    """
+    if not (DEMO_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the built-in demo model is missing from {DEMO_DIR}; reinstall flash-vstream, or pass --model "
+            "with a checkpoint folder"
+        )
+    return DEMO_DIR
+
+
+def build_demo_tokenizer():
+    """A word-level tokenizer over every word the synthetic generator writes (each also capitalised)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    splitter = pre_tokenizers.Whitespace()
+    words = sorted({piece for text in vocabulary() for piece, _ in splitter.pre_tokenize_str(text)})
+    words = sorted(set(words) | {w.capitalize() for w in words} | {w.lower() for w in words})
+    vocab = {token: i for i, token in enumerate([*SPECIALS, *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = splitter
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def demo_config(vocab_size: int):
+    """The demo model's :class:`~flash_vstream.config.FlashVStreamConfig` (random-init sizes above)."""
+    from flash_vstream.config import FlashVStreamConfig
+
+    return FlashVStreamConfig(
+        vision_config=dict(model_type="clip_vision_model", **VISION),
+        text_config=dict(TEXT, vocab_size=vocab_size),
+        memory_config=dict(MEMORY),
+        projector_type="mlp2x_gelu",
+        vision_feature_layer=-1,
+        conv_template="chat_template",
+        vision_tower_name=None,
+        vision_trainable=True,
+        memory_trainable=True,
+        projector_trainable=True,
+        decoder_trainable=True,
+    )
+
+
+def write_demo_start(out: str | Path, seed: int = 0) -> Path:
+    """Write the untrained demo model (seeded random weights) and its tokenizer: the training start point."""
+    import torch
+
+    from flash_vstream.model.modeling import FlashVStreamForCausalLM
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_demo_tokenizer()
+    torch.manual_seed(seed)
+    model = FlashVStreamForCausalLM(demo_config(len(tokenizer)))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ship_demo(run_dir: str | Path, out: str | Path, *, commands: list[str], seed: int, extra: dict | None = None):
+    """Copy a trained run's model files into ``out`` and write ``MANIFEST.json`` (commands, seed, sha256).
+
+    Only what ``load_model`` reads is copied (config, weights, tokenizer files), not checkpoints or metrics.
+
+    Raises:
+        FileNotFoundError: when ``run_dir`` holds no trained model.
+    """
+    import shutil
+
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no model.safetensors; train first (flash-vstream train ...)")
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
+    files = {}
+    for name in names:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+            files[name] = sha256(out / name)
+    manifest = {"commands": commands, "seed": seed, "files": files, **(extra or {})}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out / MANIFEST
