@@ -65,7 +65,7 @@ TINY = {"star_stage1": (2, 16, 26, 224), "star_stage2": (2, 32, 26, 224), "flash
 
 
 # --- setup -------------------------------------------------------------------------------------------------------
-def build_star(case: str, tiny: bool, dtype: torch.dtype):
+def build_star(case: str, tiny: bool, dtype: torch.dtype, layers: int | None = None):
     from flash_vstream.config import FlashVStreamConfig
     from flash_vstream.model.modeling import FlashVStreamForCausalLM
     from flash_vstream.model.tiny import tiny_star_config
@@ -75,7 +75,8 @@ def build_star(case: str, tiny: bool, dtype: torch.dtype):
         config = tiny_star_config("llama")
     else:
         vision = clip_vision_config("openai/clip-vit-large-patch14")
-        config = FlashVStreamConfig(vision_config=vision.to_dict(), text_config=VICUNA_7B, conv_template="plain")
+        text = {**VICUNA_7B, **({"num_hidden_layers": layers} if layers else {})}
+        config = FlashVStreamConfig(vision_config=vision.to_dict(), text_config=text, conv_template="plain")
     config.decoder_trainable = case == "star_stage2"
     return FlashVStreamForCausalLM(config).to(dtype)  # random weights; apply_trainable ran in __init__
 
@@ -172,7 +173,10 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     dtype = torch.bfloat16 if args.deepspeed and device.type == "cuda" else torch.float32  # DS keeps fp32 masters
     shape = (TINY if args.tiny else CASES)[case]
     with torch.device(device):  # random init on the GPU: seconds, not minutes on the host
-        model = build_flash(args.tiny, dtype) if case == "flash_lora" else build_star(case, args.tiny, dtype)
+        if case == "flash_lora":
+            model = build_flash(args.tiny, dtype)
+        else:
+            model = build_star(case, args.tiny, dtype, args.layers)
     from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer("chatml" if case == "flash_lora" else "llama")  # only its pad id is used
@@ -218,6 +222,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed optimiser steps first")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: checks the script runs")
     parser.add_argument("--out", default=None, help="write the JSON here too")
+    parser.add_argument(
+        "--layers", type=int, default=None,
+        help="STAR cases: decoder layers (default 32, Vicuna-7B); fewer when the full model's optimizer does not fit",
+    )
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one timed step")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args()
