@@ -2,7 +2,8 @@
 
 A spec names the benchmark family (which selects the profile's prompt/extraction/aggregation `Rules`), the
 loader, and the switches that vary within a family: Video-MME with subtitles, open-ended judging, and the
-real-time setting (RVS questions asked on the live stream, see `realtime`).
+real-time setting (RVS questions asked on the live stream, see `realtime`), and live commentary judged pairwise
+against a reference model (Inf-Streams-Eval, see `inf_streams`).
 `Benchmark.load_items` is what the runner and the scorer call: the valid questions plus the malformed records
 that were skipped (or, with ``strict``, an error naming the first).
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from flash_vstream_eval.inf_streams import load_inf_streams_items
 from flash_vstream_eval.items import Item, MalformedRecord, RecordLog
 from flash_vstream_eval.loaders_long import load_egoschema, load_lvbench, load_mlvu
 from flash_vstream_eval.loaders_mvbench import load_mvbench
@@ -52,6 +54,8 @@ class Benchmark:
     """Write a submission file for items whose labels are hidden (EgoSchema full set)."""
     realtime: bool = False
     """Questions are asked on the live stream at their annotated time (RVS), see `realtime`; offline on request."""
+    commentary: bool = False
+    """Free-running commentary, run by `inf_streams_run` and scored pairwise by `inf_streams_judge`."""
 
     def load_items(self, root: str | Path, source: str | None = None, *, strict: bool = False) -> LoadedItems:
         """Load the questions, skipping malformed records (each kept with its file, line and reason).
@@ -110,6 +114,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             "VStream-QA RVS-Movie (real-time)",
             open_ended=True,
             realtime=True,
+        ),
+        Benchmark(
+            "inf_streams",
+            "inf_streams",
+            load_inf_streams_items,
+            "Inf-Streams-Eval live sports commentary (win rate against a reference model)",
+            commentary=True,
         ),
     )
 }

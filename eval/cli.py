@@ -5,6 +5,7 @@ Plugged into the main CLI through the ``flash_vstream.commands`` entry point (``
     flash-vstream eval run --benchmark mvbench --model M --data DATA_ROOT/MVBench --out runs/mvbench
     flash-vstream eval run --benchmark videomme --model M --option rope_mode=reference --dtype bfloat16 ...
     flash-vstream eval score --benchmark videomme --annotations DATA_ROOT/Video-MME --predictions p.jsonl
+    flash-vstream eval score --benchmark inf_streams --annotations A.jsonl --predictions p.jsonl --reference r.jsonl
 
 ``run`` takes the same model flags as ``flash-vstream ask`` (``--device``, ``--dtype``, ``--option KEY=VALUE``,
 ``--config PRESET.yaml``) plus ``--max-new-tokens``. Both commands print one summary line (accuracy next to the
@@ -102,6 +103,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     score.add_argument("--out", type=Path, default=None, help="also write results.json/results.md here")
     score.add_argument("--json", action="store_true", help="print the whole results JSON instead of the summary")
     score.set_defaults(func=_score_command)
+    from flash_vstream_eval.inf_streams_run import add_arguments
+
+    add_arguments(run, score)
     return parser
 
 
@@ -136,6 +140,11 @@ def _guarded(command) -> Any:
 
 
 def _run_command(args: argparse.Namespace) -> int:
+    if get_benchmark(args.benchmark).commentary:
+        from flash_vstream_eval.inf_streams_run import run_command
+
+        return _guarded(lambda: run_command(args))
+
     def run() -> int:
         from flash_vstream.cli import model_options
         from flash_vstream.distributed import cleanup_distributed, init_distributed
@@ -176,6 +185,11 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _score_command(args: argparse.Namespace) -> int:
+    if get_benchmark(args.benchmark).commentary:
+        from flash_vstream_eval.inf_streams_run import score_command
+
+        return _guarded(lambda: score_command(args))
+
     def score() -> int:
         from flash_vstream_eval.report import write_results
         from flash_vstream_eval.scoring import score_predictions

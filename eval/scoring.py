@@ -166,6 +166,11 @@ def score_records(
         these predictions).
     """
     spec, prof = get_benchmark(benchmark), get_profile(profile)
+    if spec.commentary:
+        raise ValueError(
+            f"{spec.name} is scored pairwise against a reference model's commentary: use `eval score --reference "
+            "FILE` or flash_vstream_eval.inf_streams_judge.score_inf_streams."
+        )
     rules = prof.for_family(spec.family)
     by_id = {str(r["id"]): r for r in records}
     known = {item.id for item in items} | {m.id for m in malformed if m.id is not None}
