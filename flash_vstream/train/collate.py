@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from flash_vstream.families import family_for_model_type
+from flash_vstream.families import family_for_config
 from flash_vstream.inference.prompts import IGNORE_INDEX
 
 __all__ = ["FlashCollator", "StarCollator", "collator_for", "pad_sequences", "pad_token_id"]
@@ -121,19 +121,25 @@ class FlashCollator(_Collator):
         return out
 
 
-_COLLATORS = {"star": StarCollator, "flash": FlashCollator}
+def _streamingvlm_collator(pad_id: int, pad_to_multiple_of: int | None = None) -> _Collator:
+    from flash_vstream.train.streamingvlm_collate import StreamingVLMCollator  # builds on FlashCollator
+
+    return StreamingVLMCollator(pad_id, pad_to_multiple_of)
+
+
+_COLLATORS = {"star": StarCollator, "flash": FlashCollator, "streamingvlm": _streamingvlm_collator}
 
 
 def collator_for(model, tokenizer, *, pad_to_multiple_of: int | None = None) -> _Collator:
-    """The batch collator of ``model``'s family (chosen by ``model.config.model_type``).
+    """The batch collator of ``model``'s family (``model.config``'s ``model_type`` and family marker).
 
     Args:
-        model: a STAR or Flash model (or a PEFT wrapper of one).
+        model: a STAR, Flash or StreamingVLM model (or a PEFT wrapper of one).
         tokenizer: its tokenizer (for the pad id, see :func:`pad_token_id`).
         pad_to_multiple_of: round the padded length up to a multiple (e.g. 8 for tensor cores); default none.
 
     Raises:
         ValueError: for an unsupported model type or a tokenizer without pad, unk and eos tokens.
     """
-    family = family_for_model_type(model.config.model_type).name
+    family = family_for_config(model.config).name
     return _COLLATORS[family](pad_token_id(tokenizer), pad_to_multiple_of)

@@ -43,6 +43,11 @@ class FamilyTraining:
     """Conversation templates the family trains with."""
     max_length: int
     """The published maximum sample length (tokens), the default of ``data.max_length``."""
+    apply_trainable: str | None = None
+    """``"module:function"`` ``(model) -> None`` that applies the ``*_trainable`` flags, for a family built on
+    transformers' own class (which has no ``apply_trainable`` method); it gives missing flags their defaults."""
+    dataset_builder: str | None = None
+    """``"module:function"`` ``(config, start) -> Dataset`` for a family whose data is not LLaVA-style rows."""
 
 
 FAMILY_TRAINING = {
@@ -63,6 +68,17 @@ FAMILY_TRAINING = {
         modules_to_save=("lm_head",),
         templates=("chat_template",),
         max_length=14000,
+    ),
+    # Published StreamingVLM SFT: full fine-tune of the LLM, ViT + merger frozen, chunk files of its own shape.
+    "streamingvlm": FamilyTraining(
+        decoder_prefix="model.language_model.layers.",
+        visual_prefixes=("model.visual.",),
+        extra_lora_targets=(),
+        modules_to_save=("lm_head",),
+        templates=("chat_template",),
+        max_length=32768,
+        apply_trainable="flash_vstream.train.streamingvlm_collate:apply_trainable",
+        dataset_builder="flash_vstream.train.streamingvlm_collate:build_streamingvlm_dataset",
     ),
 }
 """Per family (registry name): LoRA defaults, templates and the published maximum length."""
@@ -92,15 +108,15 @@ def build_start(args: ModelArgs, *, with_lora: bool = True) -> StartPoint:
         ConfigError: for a template, flag or LoRA setting the family does not have.
         ValueError: for a checkpoint that does not load strictly.
     """
-    from flash_vstream.families import family_for_model_type
+    from flash_vstream.families import family_for_config
 
     if args.start is not None:
         model, tokenizer = _load_checkpoint(args)
     else:
         model, tokenizer = _build_from_parts(args)
-    family = family_for_model_type(model.config.model_type).name
+    family = family_for_config(model.config).name
     _set_template(model, family, args.template)
-    _set_trainable(model, args.trainable_overrides())
+    _set_trainable(model, args.trainable_overrides(), FAMILY_TRAINING[family].apply_trainable)
     if args.attn_implementation is not None:
         model.set_attn_implementation(args.attn_implementation)
     if tokenizer.pad_token is None:  # LLaMA tokenizers have none; the released model trained with pad = unk
@@ -219,7 +235,10 @@ def _set_template(model, family: str, template: str | None) -> None:
         model.config.conv_template = template
 
 
-def _set_trainable(model, flags: dict[str, bool]) -> None:
+def _set_trainable(model, flags: dict[str, bool], apply: str | None = None) -> None:
+    apply = resolve_target(apply) if apply is not None else None
+    if apply is not None:  # the family function gives the config its flags (defaults); overrides follow
+        apply(model)
     unknown = [name for name in flags if not hasattr(model.config, name)]
     if unknown:
         own = sorted(k for k in vars(model.config) if k.endswith("_trainable"))
@@ -228,7 +247,18 @@ def _set_trainable(model, flags: dict[str, bool]) -> None:
         )
     for name, value in flags.items():
         setattr(model.config, name, value)
-    model.apply_trainable()
+    if apply is not None:
+        apply(model)
+    else:
+        model.apply_trainable()
+
+
+def resolve_target(target: str):
+    """The object a ``"package.module:attribute"`` string names (imported on use)."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def lora_targets(model, family: str) -> str:
