@@ -31,7 +31,7 @@ BAR_WIDTH = 30
 
 
 def add_data_commands(subparsers) -> None:
-    """Add ``data`` with its ``check`` subcommand to the ``flash-vstream`` subparsers.
+    """Add ``data`` with its ``check`` and ``build-streamingvlm`` subcommands to the ``flash-vstream`` subparsers.
 
     The handler is ``args.func(args) -> int``; bad input raises ``ValueError``/``FileNotFoundError`` (the CLI prints
     them as one line).
@@ -57,6 +57,9 @@ def add_data_commands(subparsers) -> None:
     check.add_argument("--issues", type=int, default=10, help="issues listed per source (default 10)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=run_data_check)
+    from flash_vstream.train.streamingvlm_cli import add_build_command  # standard library only
+
+    add_build_command(commands)
 
 
 def run_data_check(args: argparse.Namespace) -> int:

@@ -349,11 +349,15 @@ def build_file(
     out.parent.mkdir(parents=True, exist_ok=True)
     summary, seeks = BuildSummary(), []
     partial = out.with_name(out.name + ".partial")
-    with partial.open("wb") as handle:
-        for game in tqdm(read_games(games), desc="games", unit="game", disable=not progress):
-            for record in build_chunks(game, settings, tokenizer, summary):
-                seeks.append(handle.tell())
-                handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+    try:
+        with partial.open("wb") as handle:
+            for game in tqdm(read_games(games), desc="games", unit="game", disable=not progress):
+                for record in build_chunks(game, settings, tokenizer, summary):
+                    seeks.append(handle.tell())
+                    handle.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, out)
     seeks_path(out).write_text(json.dumps(seeks) + "\n")
     return summary
