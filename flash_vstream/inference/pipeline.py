@@ -50,12 +50,16 @@ class Answer:
         num_frames: frames the memory saw.
         num_visual_tokens: visual tokens spliced into the prompt.
         prompt_tokens: total prompt length in tokens (text + visual).
+        timeline: what the memory the answer used holds on the stream's time axis (a
+            :class:`~flash_vstream.inference.timeline.Timeline`): always for a ``StreamSession`` answer, for
+            ``answer_with_details`` when asked (``timeline=True``); else ``None``.
     """
 
     text: str
     num_frames: int
     num_visual_tokens: int
     prompt_tokens: int
+    timeline: Any = None
 
 
 class FlashVStream:
@@ -152,6 +156,7 @@ class FlashVStream:
         assistant_prefix: str = "",
         max_new_tokens: int = 16,
         progress: bool = False,
+        timeline: bool = False,
         **generation,
     ) -> Answer:
         """Answer ``question`` about a video given as a file, decoded frames or pre-extracted features.
@@ -166,6 +171,8 @@ class FlashVStream:
             assistant_prefix: text the assistant's reply starts with (e.g. ``"Best option: ("``).
             max_new_tokens: generation budget.
             progress: show a progress bar while a long ``video`` is decoded.
+            timeline: also return the memory's timeline (``Answer.timeline``; costs a second vision pass, and
+                a second decode of ``video`` for its thumbnails).
             **generation: further ``generate`` arguments (greedy decoding by default).
 
         Returns:
@@ -188,7 +195,13 @@ class FlashVStream:
         text = self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
         num_frames = len(frames) if frames is not None else len(features)
         prompt_len = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
-        return Answer(text, num_frames, self.input_builder.count_visual_tokens(inputs), prompt_len)
+        answer = Answer(text, num_frames, self.input_builder.count_visual_tokens(inputs), prompt_len)
+        if timeline:
+            from flash_vstream.inference.timeline import offline_timeline
+
+            answer.timeline = offline_timeline(self, frames=frames, features=features, video=video,
+                                               timestamps=timestamps)
+        return answer
 
 
 def _to_device(value, device: torch.device):

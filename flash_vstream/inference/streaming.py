@@ -48,6 +48,7 @@ from transformers.generation.streamers import BaseStreamer
 from flash_vstream.inference.kv import MemoryPrefix, PrefixCache
 from flash_vstream.inference.pipeline import Answer
 from flash_vstream.inference.session_backends import session_backend
+from flash_vstream.inference.timeline import Timeline, TimelineRecorder, read_timeline
 
 __all__ = ["DROP_POLICIES", "StreamAnswer", "StreamError", "StreamSession", "StreamStats"]
 
@@ -132,6 +133,7 @@ class _Stream:
 
     state: object
     queue: deque = field(default_factory=deque)  # (frame (H, W, 3) uint8, seconds, is_padding)
+    recorder: TimelineRecorder = field(default_factory=TimelineRecorder)  # thumbnails and times (model lock)
     prefixes: PrefixCache = field(default_factory=PrefixCache)
     version: int = 0
     pushed: int = 0
@@ -409,6 +411,7 @@ class StreamSession:
         frames = np.stack([frame for frame, _, _ in batch])  # (t, H, W, 3)
         times = np.array([seconds for _, seconds, _ in batch])
         self.backend.ingest(s.state, frames, times)
+        s.recorder.add(frames, times, [not pad for _, _, pad in batch])
         real = sum(not pad for _, _, pad in batch)
         elapsed = time.perf_counter() - started
         with self._cv:
@@ -495,10 +498,23 @@ class StreamSession:
             prompt_tokens=int(prompt.input_ids.shape[1]), question=question, stream_time=stream_time,
             memory_version=version, frames_dropped=dropped, frames_skipped=skipped, frames_queued=queued_frames,
             queue_seconds=queued, first_token_seconds=(first.at or done) - start, total_seconds=done - start,
-            prefix_cached=cached,
+            prefix_cached=cached, timeline=read_timeline(self.vs, s.state, s.recorder),
         )
 
     # --- inspection ---------------------------------------------------------------------------------------
+    def timeline(self) -> Timeline | None:
+        """The memory's timeline now (waits for an in-flight micro-batch); ``None`` before the first frame.
+
+        Raises:
+            StreamError: when the session is closed or its worker failed.
+        """
+        s = self._s
+        self._check_usable(s)
+        with self._model_lock, torch.inference_mode():
+            if s.version == 0:
+                return None
+            return read_timeline(self.vs, s.state, s.recorder)
+
     @property
     def state(self):
         """The memory state of the current stream (read-only use: the worker updates it)."""
