@@ -331,11 +331,12 @@ def run_inf_streams(
         return loaded[name]
 
     load = (lambda: model.load(device)) if isinstance(model, ModelSpec) else (lambda: model)
+    resolve = default_commentator if commentate is None else (lambda: commentate)
     with PredictionWriter(shard) as writer:
         for video in tqdm(games, desc=f"inf_streams [rank {dist.rank}]", disable=not progress, dynamic_ncols=True):
             if pending[video]:
                 _play_game(pending[video], root, settings, lambda: get("vs", load),
-                           lambda: get("commentate", commentate or default_commentator), writer.write)
+                           lambda: get("commentate", resolve), writer.write)
     return _finish(out_dir, units, dist.world_size)
 
 
