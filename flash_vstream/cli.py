@@ -2,7 +2,8 @@
 
 Subcommands:
 
-- ``ask --model M (--video V | --image I) "question" [--json]``: answer a question about a video or an image;
+- ``ask --model M (--video V | --image I) "question" [--json] [--plot FILE.png]``: answer a question about a
+  video or an image (and draw the memory timeline the answer used);
 - ``make-tiny --variant VARIANT --out DIR [--force]``: write a tiny random checkpoint (variants come from the
   family registry);
 - ``stream --model M --source S``: answer questions about a live stream as it plays;
@@ -70,6 +71,9 @@ def _add_ask(sub) -> None:
         "decode step compiled into CUDA graphs at load (about 30 s once, then several times faster per token)",
     )
     ask.add_argument("--no-progress", action="store_true", help="hide the progress bar of long videos")
+    ask.add_argument("--plot", metavar="FILE.png", default=None,
+                     help="also draw the memory timeline the answer used (clusters, retrieved frames, thumbnails) "
+                     'to this image; needs pip install "flash-vstream[plot]"')
     ask.set_defaults(func=run_ask)
 
 
@@ -142,6 +146,18 @@ def run_ask(args: argparse.Namespace) -> int:
     from flash_vstream.inference.pipeline import load_model
 
     start = time.perf_counter()
+    if args.plot:  # before the model loads: a missing extra or folder is found at once
+        from pathlib import Path
+
+        from flash_vstream.inference.plot import MissingExtraError, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except MissingExtraError as err:
+            print(f"flash-vstream ask: error: {err}", file=sys.stderr)
+            return 2
+        if not Path(args.plot).parent.is_dir():
+            raise FileNotFoundError(f"--plot {args.plot}: its folder does not exist; create it or pick another path")
     family, options = model_options(args)
     # stdout carries only the answer: libraries that log to stdout while loading (DeepSpeed does, once
     # transformers imports it) are sent to stderr, so `--json` output stays parseable.
@@ -155,8 +171,14 @@ def run_ask(args: argparse.Namespace) -> int:
             video=args.video or args.image,
             max_new_tokens=args.max_new_tokens,
             progress=not args.no_progress and sys.stderr.isatty(),  # no bar in logs and pipes
+            timeline=bool(args.plot),
         )
     done = time.perf_counter()
+    if args.plot:
+        from flash_vstream.inference.plot import plot_timeline
+
+        plot_timeline(result.timeline, args.plot)
+        print(f"wrote the memory timeline to {args.plot}", file=sys.stderr)
     if args.json:
         payload = {
             "answer": result.text,
