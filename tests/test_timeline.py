@@ -142,3 +142,35 @@ def test_live_timeline_equals_the_offline_answers(tiny_star):
     assert [f.frame for f in tl.recent] == [6] and len(tl.retrieved) == 3
     assert all(f.thumbnail.frame == f.frame and f.seconds == pytest.approx(times[f.frame]) for f in tl.retrieved)
     assert tl.retrieved[0].thumbnail.image.shape == (48, 64, 3)  # 320x240 shrunk to 64 px wide
+
+
+def test_plot_writes_a_png_of_the_timeline(tiny_star, tmp_path):
+    pytest.importorskip("matplotlib")
+    from flash_vstream.inference.plot import plot_timeline
+
+    answer = tiny_star.answer_with_details("What moves?", video=SAMPLE, max_new_tokens=2, timeline=True)
+    figure = plot_timeline(answer.timeline, tmp_path / "memory.png")
+    data = (tmp_path / "memory.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    # one time axis plus a thumbnail per retrieved (3) and spatial-window (1) frame
+    assert len(figure.axes) == 1 + 4 and [a.get_title().split("\n")[0] for a in figure.axes[1:]] == [
+        "retrieved", "retrieved", "retrieved", "recent"]
+    with pytest.raises(ValueError, match="no memory timeline"):
+        plot_timeline(None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        plot_timeline(answer.timeline, tmp_path / "missing" / "memory.png")
+
+
+def test_ask_plot_writes_the_picture(tiny_star, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    model = tmp_path / "star"
+    tiny_star.model.save_pretrained(model)
+    tiny_star.tokenizer.save_pretrained(model)
+    out = tmp_path / "memory.png"
+    assert cli_main(["ask", "--model", str(model), "--video", str(SAMPLE), "What moves?", "--max-new-tokens", "2",
+                     "--plot", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 10_000
+    assert f"wrote the memory timeline to {out}" in capsys.readouterr().err
+    assert cli_main(["ask", "--model", str(model), "--video", str(SAMPLE), "q", "--plot",
+                     str(tmp_path / "nowhere" / "m.png")]) == 2
+    assert "its folder does not exist" in capsys.readouterr().err
