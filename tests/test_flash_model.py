@@ -258,3 +258,18 @@ def test_trainable_parts_follow_the_config_and_all_get_gradients(tokenizer, vari
     model(**inputs, labels=labels).loss.backward()
     no_grad = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
     assert no_grad == []
+
+
+@pytest.mark.parametrize("vision_trainable", [False, True])
+def test_a_frozen_tower_runs_without_autograd_even_with_input_gradients_hooked(tokenizer, vision_trainable):
+    """Gradient checkpointing hooks input gradients on; a frozen ViT must still not be back-propagated through."""
+    model = make_model(tokenizer, vision_trainable=vision_trainable, merger_trainable=True)
+    model.train()
+    model.enable_input_require_grads()  # what the Trainer does with gradient checkpointing and PEFT
+    inputs = FlashInputBuilder.for_model(model, tokenizer)("What happens?", frames=frames(4))
+    features = model.dual_resolution_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    assert features[0].high.requires_grad is vision_trainable
+    video = model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    video.pooler_output[0].float().pow(2).mean().backward()  # the merger trains either way
+    assert all(p.grad is not None for p in model.model.visual.merger.parameters())
+    assert (model.model.visual.patch_embed.proj.weight.grad is not None) is vision_trainable
