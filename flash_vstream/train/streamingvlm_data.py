@@ -266,7 +266,7 @@ class BuildSummary:
 def window_starts(duration: float, settings: BuildSettings) -> list[float]:
     """Start times of the windows that fit in ``duration`` seconds: ``0, stride, 2*stride, ...``."""
     count = int(math.floor((duration - settings.window) / settings.stride + 1e-9)) + 1
-    return [k * settings.stride for k in range(max(count, 0))]
+    return [float(k * settings.stride) for k in range(max(count, 0))]
 
 
 def chunk_record(game: GameRecord, start: float, words, previous: str, settings: BuildSettings) -> list:
@@ -275,7 +275,12 @@ def chunk_record(game: GameRecord, start: float, words, previous: str, settings:
         {
             "role": "user",
             "content": [
-                {"type": "video", "video": game.video, "video_start": start, "video_end": start + settings.window},
+                {
+                    "type": "video",
+                    "video": game.video,
+                    "video_start": start,
+                    "video_end": float(start + settings.window),
+                },
                 {"type": "text", "text": settings.query, "previous": previous},
             ],
         },
