@@ -2,10 +2,10 @@
 
 lmms-eval (``EvolvingLMMs-Lab/lmms-eval``) finds models through the ``lmms_eval.models`` entry-point group;
 ``pyproject.toml`` points it at :func:`manifest`, which names :class:`FlashVStreamLMM` as the "simple"
-model class of ``flash_vstream``. Then::
+model class of ``flash_vstream``. Then (``docs/eval.md`` gives the install command that keeps your torch)::
 
-    pip install ".[lmms]"        # on a GPU machine: lmms-eval pulls a CUDA torch and torchvision
     lmms-eval --model flash_vstream --model_args pretrained=IVGSZ/Flash-VStream-7b --tasks videomme
+    accelerate launch --num_processes 8 -m lmms_eval --model flash_vstream ...   # data parallel, one GPU each
 
 lmms-eval is an optional extra, so this module imports it lazily: importing
 ``flash_vstream_eval.lmms_adapter`` never needs it, and ``FlashVStreamLMM`` (a subclass of
@@ -14,7 +14,8 @@ lmms-eval is an optional extra, so this module imports it lazily: importing
 Requests follow lmms-eval's "simple model" contract (``lmms_eval/api/task.py::construct_requests``):
 ``generate_until`` gets ``(context, gen_kwargs, doc_to_visual, doc_id, task, split)`` per request, the visuals
 come from ``doc_to_visual(self.task_dict[task][split][doc_id])``, and the answer is cut at the ``until`` stop
-strings.
+strings. Under several processes lmms-eval gives each rank every ``world_size``-th document, pads the ranks to
+equal request counts and gathers the results itself; the adapter only places each rank's model on its device.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from typing import Any
 MODEL_ID = "flash_vstream"
 #: Where lmms-eval imports the model class from (resolved through this module's ``__getattr__``).
 CLASS_PATH = f"{__name__}.FlashVStreamLMM"
+#: The ``--model_args`` keys the model takes (lmms-eval adds ``batch_size``, ``max_batch_size`` and ``device``).
+MODEL_ARGS = ("pretrained", "device", "dtype", "max_new_tokens", "batch_size", "max_batch_size")
 
-_INSTALL_HINT = 'lmms-eval is not installed; on a GPU machine run `pip install "flash-vstream[lmms]"`'
+_INSTALL_HINT = 'lmms-eval is not installed; run `pip install -e ".[lmms]"` with the command in docs/eval.md'
 
 
 def manifest():
@@ -107,6 +110,33 @@ def visual_kwargs(visuals: Any, where: str) -> dict[str, Any]:
     return {"frames": flat}
 
 
+def render_chat(chat: list[dict[str, Any]]) -> str:
+    """The question text of an lmms-eval chat transcript (what ``--apply_chat_template`` hands the model).
+
+    The model formats every question with its own conversation template when it answers, so the transcript
+    is flattened back into the text lmms-eval builds without the flag: the system message (task description or
+    ``--system_instruction``), if any, directly followed by the one user turn.
+
+    >>> render_chat([{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "What moves?"}])
+    'Be brief. What moves?'
+
+    Raises:
+        ValueError: A transcript other than an optional system message plus one user turn (few-shot examples
+            as turns, an assistant turn), or non-text content; the message lists the roles it got.
+    """
+    roles = [turn.get("role") for turn in chat]
+    turns = chat[1:] if roles[:1] == ["system"] else chat
+    if [turn.get("role") for turn in turns] != ["user"]:
+        raise ValueError(
+            f"--apply_chat_template gave flash_vstream a conversation with turns {roles}; it answers one question "
+            "per video (an optional system message and one user turn): drop --fewshot_as_multiturn/num_fewshot"
+        )
+    texts = [turn.get("content") for turn in chat]
+    if not all(isinstance(text, str) for text in texts):
+        raise ValueError(f"--apply_chat_template: flash_vstream takes text chat turns, got {texts!r}")
+    return "".join(texts)
+
+
 def _check_dtype(dtype: Any) -> Any:
     """A ``--model_args`` dtype: a name ``load_model`` knows (``bfloat16``, ``auto``, ...), a torch dtype or None.
 
@@ -123,45 +153,135 @@ def _check_dtype(dtype: Any) -> Any:
     return name
 
 
+def _int_arg(name: str, value: Any) -> int:
+    """An integer ``--model_args`` value (lmms-eval parses ``8`` to an int, ``1.5`` to a float, ``x`` to a str).
+
+    Raises:
+        ValueError: For anything but a whole number, naming the argument.
+    """
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, str):
+        whole = value.strip().lstrip("+-").isdigit()
+    if isinstance(value, bool) or not whole:
+        raise ValueError(f"model_args {name}={value!r} is not an integer")
+    return int(value)
+
+
+def _rank_device(device: str | None, rank_device: Any) -> Any:
+    """This rank's device under several processes: ``cuda`` (or none given) means the rank's own GPU.
+
+    ``cpu`` and an explicit ``cuda:N`` are taken as given, as ``flash-vstream eval run`` does.
+    """
+    if device is None or device == "cuda":
+        return rank_device
+    return device
+
+
+# Accelerate's distributed types under which every process holds its own whole model.
+_DATA_PARALLEL_TYPES = ("MULTI_CPU", "MULTI_GPU")
+
+
+def _data_parallel_accelerator(world_size: int):
+    """lmms-eval's ``lm.accelerator`` for a run of ``world_size`` processes (it gathers counts through it).
+
+    Raises:
+        ValueError: When accelerate does not see the processes (``torchrun`` on CPU without
+            ``ACCELERATE_USE_CPU=1``), or for a sharded launch (FSDP, DeepSpeed, ...): the model is not sharded,
+            each rank answers its own questions with a whole copy.
+    """
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    kind = accelerator.distributed_type.name
+    if kind == "NO" or accelerator.num_processes != world_size:
+        raise ValueError(
+            f"WORLD_SIZE={world_size} but accelerate sees {accelerator.num_processes} process(es) ({kind}); on CPU "
+            "set ACCELERATE_USE_CPU=1 for torchrun (`accelerate launch --cpu` sets it), so lmms-eval and accelerate "
+            "share one gloo process group"
+        )
+    if kind not in _DATA_PARALLEL_TYPES:
+        raise ValueError(
+            f"flash_vstream evaluates data-parallel only (a whole model per process), but accelerate is set up "
+            f"for {kind}; launch with `accelerate launch --multi_gpu --num_processes N -m lmms_eval ...` or "
+            "`torchrun --nproc_per_node=N -m lmms_eval ...` and no FSDP/DeepSpeed config"
+        )
+    return accelerator
+
+
 # --------------------------------------------------------------------------------------------- model class
 
 
 class _FlashVStreamLMMImpl:
     """Flash-VStream as an lmms-eval "simple" model (``FlashVStreamLMM`` = this class + ``lmms``).
 
-    Runs in one process: answers requests one at a time on one device (no data parallelism across ranks).
+    One process or data-parallel over several (``accelerate launch`` / ``torchrun``): each rank loads a whole
+    model onto its own device and answers its share of the requests one at a time; lmms-eval splits the
+    documents and gathers the answers.
 
     Args:
         pretrained: Checkpoint folder or hub id, passed to ``flash_vstream.load_model``.
-        device: Torch device string (default: whatever ``load_model`` picks).
+        device: Torch device string. One process: default whatever ``load_model`` picks. Several: default, or
+            ``cuda``, the rank's GPU (``cuda:{LOCAL_RANK}``), else CPU; ``cpu`` or ``cuda:N`` as given.
         dtype: ``float32`` | ``float16`` | ``bfloat16`` or a torch dtype; ``auto``: the checkpoint's saved dtype;
             None: bf16 on GPU, fp32 on CPU.
         max_new_tokens: Used when a task's ``gen_kwargs`` has no ``max_new_tokens``.
-        batch_size: Accepted for lmms-eval's CLI; requests are answered one at a time.
+        batch_size: Accepted for lmms-eval's ``--batch_size``; requests are answered one at a time.
+        max_batch_size: Accepted for lmms-eval's ``--max_batch_size``; requests are answered one at a time.
 
     Raises:
         TypeError: Unknown ``--model_args`` keys (named in the message).
+        ValueError: A bad dtype or integer argument, an inconsistent distributed environment, or a sharded
+            (FSDP/DeepSpeed) launch.
     """
 
     is_simple = True
 
     def __init__(self, pretrained: str, device: str | None = None, dtype: Any = None, *,
-                 max_new_tokens: int | str = 16, batch_size: int | str | None = 1, **kwargs: Any) -> None:
+                 max_new_tokens: int | str = 16, batch_size: int | str | None = 1,
+                 max_batch_size: int | str | None = None, **kwargs: Any) -> None:
         if kwargs:
             raise TypeError(
-                f"flash_vstream does not take --model_args {', '.join(sorted(kwargs))}; known: pretrained, "
-                "device, dtype, max_new_tokens, batch_size"
+                f"flash_vstream does not take --model_args {', '.join(sorted(kwargs))}; known: {', '.join(MODEL_ARGS)}"
             )
         self.pretrained = pretrained
         super().__init__()
         import flash_vstream
+        from flash_vstream.distributed import init_distributed
 
-        try:
-            self.max_new_tokens = int(max_new_tokens)
-        except ValueError:
-            raise ValueError(f"model_args max_new_tokens={max_new_tokens!r} is not an integer") from None
-        self.batch_size = batch_size  # lmms-eval passes it (maybe "auto"); requests go one at a time anyway
-        self.model = flash_vstream.load_model(pretrained, device=device, dtype=_check_dtype(dtype))
+        self.max_new_tokens = _int_arg("max_new_tokens", max_new_tokens)
+        dtype = _check_dtype(dtype)
+        # lmms-eval passes these (batch_size maybe "auto"); the model answers one request at a time anyway.
+        self.batch_size, self.max_batch_size = batch_size, max_batch_size
+        dist = init_distributed()  # joins lmms-eval's process group under accelerate launch / torchrun
+        if dist.world_size > 1:
+            self.accelerator = _data_parallel_accelerator(dist.world_size)
+            # accelerate's device, not dist.device: it honours `accelerate launch --cpu` on a GPU machine.
+            device = _rank_device(device, self.accelerator.device)
+        self._rank, self._world_size = dist.rank, dist.world_size
+        self.model = flash_vstream.load_model(pretrained, device=device, dtype=dtype)
+
+    @property
+    def device(self) -> Any:
+        """The torch device the model runs on (lmms-eval puts its count tensors there under several ranks)."""
+        return self.model.device
+
+    @property
+    def chat_template(self) -> str:
+        """The conversation template answers are prompted with: the tokenizer's, or the named built-in one.
+
+        lmms-eval records it in the results with ``--apply_chat_template``.
+        """
+        conv = getattr(getattr(self.model.model, "config", None), "conv_template", None)
+        if conv not in (None, "chat_template"):
+            return conv  # "vicuna_v1" / "plain": the released model's formats, built in
+        return getattr(self.model.tokenizer, "chat_template", None) or ""
+
+    def apply_chat_template(self, chat_history: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """lmms-eval's ``--apply_chat_template`` hook: the question text of the transcript (see `render_chat`).
+
+        The model's own template (:attr:`chat_template`) is applied once, when the question is answered.
+        """
+        return render_chat(chat_history)
 
     def generate_until(self, requests: list) -> list[str]:
         """Answer each request with ``model.answer`` on its video, cut at the task's ``until`` strings.
@@ -172,7 +292,7 @@ class _FlashVStreamLMMImpl:
         from tqdm import tqdm
 
         outputs = []
-        for request in tqdm(requests, desc="flash_vstream", disable=getattr(self, "rank", 0) != 0):
+        for request in tqdm(requests, desc="flash_vstream", disable=self.rank != 0):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
             where = f"task {task!r} split {split!r} doc {doc_id!r}"
             gen_kwargs = dict(gen_kwargs or {})
@@ -183,9 +303,7 @@ class _FlashVStreamLMMImpl:
                 **visual_kwargs(visuals, where),
             )
             text = cut_at_stops(text, stop_strings(gen_kwargs.get("until"), where))
-            hook = getattr(self, "cache_hook", None)
-            if hook is not None:
-                hook.add_partial("generate_until", (context, gen_kwargs), text)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             outputs.append(text)
         return outputs
 
