@@ -72,13 +72,27 @@ def build_demo_tokenizer():
     return fast
 
 
-def demo_config(vocab_size: int):
-    """The demo model's :class:`~flash_vstream.config.FlashVStreamConfig` (random-init sizes above)."""
+# A much smaller variant with the same shapes that decide token counts, for the fast retraining test.
+SMALL = {"vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2),
+         "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2)}
+
+
+def demo_config(vocab_size: int, small: bool = False):
+    """The demo model's :class:`~flash_vstream.config.FlashVStreamConfig` (random-init sizes above).
+
+    Args:
+        vocab_size: the tokenizer's size.
+        small: the much smaller variant (:data:`SMALL`) the retraining test trains in seconds.
+    """
     from flash_vstream.config import FlashVStreamConfig
 
+    vision, text = dict(VISION), dict(TEXT, vocab_size=vocab_size)
+    if small:
+        vision.update(SMALL["vision"])
+        text.update(SMALL["text"])
     return FlashVStreamConfig(
-        vision_config=dict(model_type="clip_vision_model", **VISION),
-        text_config=dict(TEXT, vocab_size=vocab_size),
+        vision_config=dict(model_type="clip_vision_model", **vision),
+        text_config=text,
         memory_config=dict(MEMORY),
         projector_type="mlp2x_gelu",
         vision_feature_layer=-1,
@@ -91,7 +105,7 @@ def demo_config(vocab_size: int):
     )
 
 
-def write_demo_start(out: str | Path, seed: int = 0) -> Path:
+def write_demo_start(out: str | Path, seed: int = 0, small: bool = False) -> Path:
     """Write the untrained demo model (seeded random weights) and its tokenizer: the training start point."""
     import torch
 
@@ -101,7 +115,7 @@ def write_demo_start(out: str | Path, seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_demo_tokenizer()
     torch.manual_seed(seed)
-    model = FlashVStreamForCausalLM(demo_config(len(tokenizer)))
+    model = FlashVStreamForCausalLM(demo_config(len(tokenizer), small=small))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
