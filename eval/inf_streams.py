@@ -74,8 +74,10 @@ class InfStreamsSettings:
     each window streamed on its own, previous text = the reference before the window."""
     fps: float = 2.0
     """Frames per second of video handed to the commentary function."""
-    query: str = "Commentate on this match."
-    """The instruction given with the first second of every stream."""
+    query: str | None = None
+    """The instruction given with the first second of every stream (``None``: the model's own default)."""
+    seed: int | None = None
+    """Sampling seed handed to the commentary function (``None``: its default)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.window, (int, float)) and math.isfinite(self.window) and self.window > 0):

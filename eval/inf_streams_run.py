@@ -146,8 +146,9 @@ def _stream_unit(unit: _Unit, stream: _Stream, vs: Any, commentate: Commentator,
             yield pair
 
     feed = frames()
-    outputs = [_segment(c) for c in commentate(vs, feed, previous_text=previous_text(unit.game, unit.start),
-                                               query=settings.query)]
+    extra = {} if settings.seed is None else {"seed": settings.seed}
+    said = commentate(vs, feed, previous_text=previous_text(unit.game, unit.start), query=settings.query, **extra)
+    outputs = [_segment(c) for c in said]
     for _ in feed:  # the function may stop early; the stream still has to reach the next unit
         pass
     video = unit.game.video
@@ -165,7 +166,7 @@ def _stream_unit(unit: _Unit, stream: _Stream, vs: Any, commentate: Commentator,
     return {
         "id": unit.id,
         "video": video,
-        "span": [unit.start, round(stop, 6)],
+        "span": [float(unit.start), round(float(stop), 6)],
         "prediction": " ".join(text.strip() for _, _, text in outputs if text.strip()),
         "commentary": outputs,
         "frames": count[0],
@@ -359,7 +360,9 @@ def add_arguments(run: argparse.ArgumentParser, score: argparse.ArgumentParser) 
                                help="one stream per game from --start-time (infinite, default) or per window (chunk)")
             group.add_argument("--fps", type=float, default=defaults.fps,
                                help=f"frames per second of video streamed (default {defaults.fps:g})")
-            group.add_argument("--query", default=defaults.query, help="instruction given with the first second")
+            group.add_argument("--query", default=defaults.query,
+                               help="instruction given with the first second (default: the model's own)")
+            group.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed of the commentary")
         else:
             group.add_argument("--reference", type=Path, default=None,
                                help="the reference model's commentary (its predictions.jsonl, or "
@@ -372,7 +375,7 @@ def settings_from_args(args: argparse.Namespace) -> InfStreamsSettings:
     return InfStreamsSettings(
         window=args.window_seconds, min_words=args.min_words, start=args.start_time,
         mode=getattr(args, "stream_mode", defaults.mode), fps=getattr(args, "fps", defaults.fps),
-        query=getattr(args, "query", defaults.query),
+        query=getattr(args, "query", defaults.query), seed=getattr(args, "seed", defaults.seed),
     )
 
 

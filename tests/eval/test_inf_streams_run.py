@@ -147,3 +147,26 @@ def test_cli_run_with_every_video_missing_needs_no_model(tmp_path, capsys):
     code = main([*argv[:-1], "--fps", "0"])
     assert code == 2 and capsys.readouterr().err == "error: --fps must be a positive number of frames per second, " \
         "got 0.0\n"
+
+
+def test_a_tiny_streamingvlm_model_streams_every_window(tmp_path):
+    """The real commentary function on a tiny random StreamingVLM checkpoint, greedy (sampling is not tested here)."""
+    session = pytest.importorskip(COMMENTARY_API)
+    from functools import partial
+
+    from flash_vstream import load_model
+    from flash_vstream.model.streamingvlm import make_tiny_streamingvlm
+
+    vs = load_model(make_tiny_streamingvlm(tmp_path / "tiny"), device="cpu")
+    root = tmp_path / "data"
+    make_video(root / "g1.mp4", frames=24, fps=2, size=112)
+    write_jsonl(root / "eval_all_metadata.jsonl", [{"video": "g1.mp4", "content": CONTENT}])
+    greedy = partial(session.commentate, do_sample=False)
+    results = run_inf_streams(vs, root, tmp_path / "run", CHUNK, commentate=greedy, progress=False, dist=DIST)
+    assert results["counts"] == {"items": 2, "predicted": 2, "skipped": 0}
+    first, second = records(tmp_path / "run")
+    # One Commentary per 1-s chunk (2 frames), in absolute video time.
+    assert [c[:2] for c in first["commentary"]] == [[2.0, 3.0], [3.0, 4.0], [4.0, 5.0], [5.0, 6.0]]
+    assert [c[:2] for c in second["commentary"]] == [[10.0, 11.0], [11.0, 12.0]]
+    assert (first["frames"], second["frames"], second["span"]) == (8, 4, [10.0, 12.0])
+    assert first["prediction"] == " ".join(c[2].strip() for c in first["commentary"] if c[2].strip())
