@@ -53,6 +53,12 @@ def demo_model_dir() -> Path:
     return DEMO_DIR
 
 
+def describe_default() -> str:
+    """The line a command prints when it falls back to the demo model."""
+    return (f"using the built-in demo model ({DEMO_DIR}: a tiny model trained on synthetic shapes; pass --model "
+            "for a real checkpoint)")
+
+
 def build_demo_tokenizer():
     """A word-level tokenizer over every word the synthetic generator writes (each also capitalised)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
