@@ -49,7 +49,14 @@ from flash_vstream_eval.items import AnnotationError, safe_join
 if TYPE_CHECKING:
     from flash_vstream.distributed import DistInfo
 
-__all__ = ["COMMENTARY_API", "add_arguments", "default_commentator", "run_inf_streams", "settings_from_args"]
+__all__ = [
+    "COMMENTARY_API",
+    "add_arguments",
+    "check_model_fps",
+    "default_commentator",
+    "run_inf_streams",
+    "settings_from_args",
+]
 
 COMMENTARY_API = "flash_vstream.inference.streamingvlm_session"
 """The module whose ``commentate`` streams a StreamingVLM model (imported only when a game is streamed)."""
@@ -213,11 +220,31 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def check_model_fps(vs: Any, fps: float) -> Any:
+    """``vs`` itself, once a StreamingVLM model's own streaming frame rate is known to equal ``fps``.
+
+    The commentary function groups consecutive frames into the model's chunks, so frames at another rate would
+    put the wrong seconds in every chunk.
+
+    Raises:
+        ValueError: When the rates differ; the message gives both fixes.
+    """
+    if getattr(vs, "family", None) == "streamingvlm":
+        from flash_vstream.model.streamingvlm import settings_of
+
+        own = settings_of(vs.model).fps
+        if abs(own - fps) > _EPS:
+            raise ValueError(f"--fps {fps:g} differs from the model's streaming rate of {own:g} frames per second; "
+                             f"pass --fps {own:g} or --option fps={fps:g}")
+    return vs
+
+
 def _shard_path(out_dir: Path, rank: int, world: int) -> Path:
     return out_dir / f"predictions.rank{rank}-of-{world}.jsonl"
 
 
-def _run_config(settings, root, annotations, limit, model, device, world_size) -> dict[str, Any]:
+def _run_config(settings: InfStreamsSettings, root: Path, annotations: Path, limit: int | None, model: Any,
+                device: Any, world_size: int) -> dict[str, Any]:
     from flash_vstream_eval.model_api import ModelSpec, model_identity
 
     return {
@@ -331,7 +358,11 @@ def run_inf_streams(
             loaded[name] = make()
         return loaded[name]
 
-    load = (lambda: model.load(device)) if isinstance(model, ModelSpec) else (lambda: model)
+    ready = (lambda: model.load(device)) if isinstance(model, ModelSpec) else (lambda: model)
+
+    def load() -> Any:
+        return check_model_fps(ready(), settings.fps)
+
     resolve = default_commentator if commentate is None else (lambda: commentate)
     with PredictionWriter(shard) as writer:
         for video in tqdm(games, desc=f"inf_streams [rank {dist.rank}]", disable=not progress, dynamic_ncols=True):
@@ -386,6 +417,10 @@ def run_command(args: argparse.Namespace) -> int:
     from flash_vstream_eval.model_api import ModelSpec
     from flash_vstream_eval.report import summary_line, warning_lines
 
+    for flag, given in (("--max-new-tokens", args.max_new_tokens is not None), ("--offline", args.offline)):
+        if given:
+            raise ValueError(f"{flag} does not apply to inf_streams: the commentary is streamed, with the model's own "
+                             "per-second budget (--option max_new_tokens=N)")
     settings = settings_from_args(args)
     family, options = model_options(args)
     model = ModelSpec(args.model, device=args.device, dtype=args.dtype, family=family, options=options)

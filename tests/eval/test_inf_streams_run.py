@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -144,6 +144,8 @@ def test_cli_run_with_every_video_missing_needs_no_model(tmp_path, capsys):
     assert out.splitlines()[0].endswith("(n=0, skipped 2: missing video)")
     config = json.loads((tmp_path / "o" / "run_config.json").read_text())
     assert config["settings"]["mode"] == "chunk" and config["settings"]["window"] == 4.0
+    assert main([*argv, "--max-new-tokens", "5"]) == 2
+    assert capsys.readouterr().err.startswith("error: --max-new-tokens does not apply to inf_streams")
     code = main([*argv[:-1], "--fps", "0"])
     assert code == 2 and capsys.readouterr().err == "error: --fps must be a positive number of frames per second, " \
         "got 0.0\n"
@@ -170,3 +172,6 @@ def test_a_tiny_streamingvlm_model_streams_every_window(tmp_path):
     assert [c[:2] for c in second["commentary"]] == [[10.0, 11.0], [11.0, 12.0]]
     assert (first["frames"], second["frames"], second["span"]) == (8, 4, [10.0, 12.0])
     assert first["prediction"] == " ".join(c[2].strip() for c in first["commentary"] if c[2].strip())
+    with pytest.raises(ValueError, match="--fps 1 differs from the model's streaming rate of 2 frames per second"):
+        run_inf_streams(vs, root, tmp_path / "run1", replace(CHUNK, fps=1.0), commentate=greedy, progress=False,
+                        dist=DIST)
