@@ -338,6 +338,8 @@ def run_inf_streams(
     root, out_dir = Path(data_root), Path(out_dir)
     if not root.is_dir():
         raise AnnotationError(f"data root {root} is not a directory; pass --data pointing at the game videos.")
+    if annotations is not None and not Path(annotations).exists() and (root / annotations).exists():
+        annotations = root / annotations  # named relative to the data root, as for the other benchmarks
     source = annotation_file(annotations if annotations is not None else root)
     units = plan_units(load_games(source).games, settings)[:limit]
     if dist is None:

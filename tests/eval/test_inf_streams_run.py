@@ -136,7 +136,7 @@ def test_cli_run_with_every_video_missing_needs_no_model(tmp_path, capsys):
     ckpt = fake_checkpoint(tmp_path / "ckpt")
     argv = ["eval", "run", "--benchmark", "inf_streams", "--model", str(ckpt), "--data", str(root),
             "--out", str(tmp_path / "o"), "--stream-mode", "chunk", "--window-seconds", "4", "--min-words", "2",
-            "--start-time", "2", "--no-progress"]
+            "--start-time", "2", "--annotations", "eval_all_metadata.jsonl", "--no-progress"]  # under --data
     code = main(argv)
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -144,6 +144,7 @@ def test_cli_run_with_every_video_missing_needs_no_model(tmp_path, capsys):
     assert out.splitlines()[0].endswith("(n=0, skipped 2: missing video)")
     config = json.loads((tmp_path / "o" / "run_config.json").read_text())
     assert config["settings"]["mode"] == "chunk" and config["settings"]["window"] == 4.0
+    assert config["annotations"] == str((root / "eval_all_metadata.jsonl").resolve())
     assert main([*argv, "--max-new-tokens", "5"]) == 2
     assert capsys.readouterr().err.startswith("error: --max-new-tokens does not apply to inf_streams")
     code = main([*argv[:-1], "--fps", "0"])
