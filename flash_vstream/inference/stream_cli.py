@@ -55,8 +55,9 @@ def add_stream_command(subparsers, *, add_model_arguments: Callable, model_optio
     p.add_argument("--speed", default="1",
                    help="1 = real time (default), N = N x real time, max = as fast as the model ingests; files and "
                         "frame folders only (cameras and URLs play live)")
-    p.add_argument("--fps", type=float, default=1.0,
-                   help="frames per second of stream time fed to the memory (default 1, what the released models saw)")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frames per second of stream time fed to the model (default: the family's, what its released "
+                        "models saw: 1 for STAR and Flash, 2 for StreamingVLM)")
     p.add_argument("--questions", help='JSONL file of {"time": seconds, "question": "..."} asked on the stream')
     p.add_argument("--out", help="folder that receives answers.jsonl (required with --questions)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="generation budget per answer (default 128)")
@@ -157,21 +158,43 @@ def _run(args, model_options, stdin, stdout, stderr) -> int:
     questions = load_questions(args.questions) if args.questions else None
     if questions is not None and not args.out:
         raise ValueError("--questions needs --out DIR, the folder that receives answers.jsonl")
-    source = open_source(args.source, speed=speed, fps=args.fps, stall_timeout=args.stall_timeout,
+    family, options = model_options(args)
+    fps = args.fps if args.fps is not None else _family_fps(args.model, family)
+    source = open_source(args.source, speed=speed, fps=fps, stall_timeout=args.stall_timeout,
                          frames_fps=args.frames_fps)
     try:
-        family, options = model_options(args)
         vs = load_model(args.model, device=args.device, dtype=args.dtype, family=family, **options)
         # A file played as fast as possible waits for the model instead of dropping frames; live input cannot.
         wait_for_model = speed is None and not isinstance(source, LiveSource)
         with StreamSession(vs, queue_frames=args.queue_frames, drop_policy=args.drop_policy,
                            micro_batch=args.micro_batch, prefix_cache=not args.no_prefix_cache,
                            max_new_tokens=args.max_new_tokens) as session:
+            if hasattr(session.backend, "on_commentary"):  # a family that speaks every chunk (StreamingVLM)
+                session.backend.on_commentary = functools.partial(_print_commentary, stdout)
             if questions is not None:
                 return _scripted(session, source, questions, Path(args.out), wait_for_model, stderr)
             return _interactive(session, source, wait_for_model, stdin, stdout, stderr)
     finally:
         source.close()
+
+
+def _family_fps(model: str, family: str | None) -> float:
+    """The default frame rate of the model's family (read from its ``config.json``, before loading it)."""
+    from flash_vstream.families import family_for_config
+    from flash_vstream.model.loading import read_checkpoint_config, resolve_checkpoint
+
+    path = resolve_checkpoint(model)
+    return family_for_config(read_checkpoint_config(path), family, where=str(path)).sampler.target_fps
+
+
+_PRINT_LOCK = threading.Lock()
+
+
+def _print_commentary(stdout, line) -> None:
+    """Live commentary, one line per spoken chunk (silent chunks print nothing)."""
+    if line.text:
+        with _PRINT_LOCK:
+            print(f"[{line.start:.1f}-{line.end:.1f} s] {line.text}", file=stdout, flush=True)
 
 
 # --- scripted ---------------------------------------------------------------------------------------------------
