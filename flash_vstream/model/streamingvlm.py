@@ -32,6 +32,7 @@ import torch
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from flash_vstream.families import FAMILY_MARKER
+from flash_vstream.model.checkpoints import quiet_load_report
 from flash_vstream.model.qwen2vl_checkpoints import LEGACY_TO_MODULE, checkpoint_keys, uses_legacy_keys
 
 __all__ = [
@@ -195,10 +196,11 @@ def load_streamingvlm_model(path: str | Path, *, dtype: torch.dtype = torch.floa
     setattr(config, SETTINGS_KEY, asdict(StreamingVLMSettings(**{**saved, **options})))
     setattr(config, FAMILY_MARKER, FAMILY)
     key_mapping = LEGACY_TO_MODULE if uses_legacy_keys(checkpoint_keys(path)) else None
-    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, config=config, dtype=dtype, key_mapping=key_mapping, output_loading_info=True,
-        ignore_mismatched_sizes=True,  # reported below with the other problems instead of a RuntimeError
-    )
+    with quiet_load_report():  # our error below names the keys
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, config=config, dtype=dtype, key_mapping=key_mapping, output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported below with the other problems instead of a RuntimeError
+        )
     problems = {
         "missing": sorted(info.get("missing_keys", [])),
         "unexpected": sorted(info.get("unexpected_keys", [])),
