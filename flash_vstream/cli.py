@@ -7,6 +7,7 @@ Subcommands:
 - ``make-tiny --variant VARIANT --out DIR [--force]``: write a tiny random checkpoint (variants come from the
   family registry);
 - ``stream --model M --source S``: answer questions about a live stream as it plays;
+- ``serve --model M [--host 127.0.0.1] [--port P]``: a local web page streaming a video or the webcam;
 - ``train --config FILE [KEY=VALUE ...]``: a training run (HF Trainer; torchrun and deepspeed launchers);
 - ``data check --data FILE|MIXTURE.yaml --media-root DIR``: check training data;
 - ``extract-features --data FILE --media-root DIR --out DIR``: CLIP features in the published layout;
@@ -39,11 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_tiny(sub)
     from flash_vstream.data.cli import add_make_data_command
     from flash_vstream.inference.stream_cli import add_stream_command
+    from flash_vstream.serve.command import add_serve_command
     from flash_vstream.train.commands import add_data_commands
     from flash_vstream.train.extract_cli import add_extract_command
     from flash_vstream.train.train_cli import add_train_command
 
     add_stream_command(sub, add_model_arguments=add_model_arguments, model_options=model_options)
+    add_serve_command(sub, add_model_arguments=add_model_arguments, model_options=model_options)
     add_train_command(sub)
     add_data_commands(sub)
     add_extract_command(sub)
@@ -56,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_ask(sub) -> None:
     ask = sub.add_parser("ask", help="answer a question about a video or an image")
     ask.add_argument("question", help="the question to ask")
-    ask.add_argument("--model", required=True, help="checkpoint directory or Hub id (e.g. IVGSZ/Flash-VStream-7b)")
+    ask.add_argument(
+        "--model", default=None, help="checkpoint directory or Hub id (e.g. IVGSZ/Flash-VStream-7b); default: the "
+        "built-in demo model (a tiny model trained on synthetic shapes, see docs/demo.md)"
+    )
     source = ask.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", help="video file or directory of frames")
     source.add_argument("--image", help="image file (a 1-frame video)")
@@ -159,6 +165,11 @@ def run_ask(args: argparse.Namespace) -> int:
         if not Path(args.plot).parent.is_dir():
             raise FileNotFoundError(f"--plot {args.plot}: its folder does not exist; create it or pick another path")
     family, options = model_options(args)
+    if args.model is None:
+        from flash_vstream.data.demo import demo_model_dir, describe_default
+
+        args.model = str(demo_model_dir())
+        print(describe_default(), file=sys.stderr)
     # stdout carries only the answer: libraries that log to stdout while loading (DeepSpeed does, once
     # transformers imports it) are sent to stderr, so `--json` output stays parseable.
     with contextlib.redirect_stdout(sys.stderr):
