@@ -131,6 +131,7 @@ class StreamingVLMSessionBackend:
         self.temporal_scale = int(scale)  # transformers' get_rope_index truncates the same way
         self.merge = vision.spatial_merge_size
         self.previous_text, self.speak, self.on_commentary = previous_text, speak, on_commentary
+        self.seed = seed
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
         device = self.model.device
         self.processor = FlashFrameProcessor(
@@ -174,9 +175,15 @@ class StreamingVLMSessionBackend:
 
     # --- one chunk ------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, state: StreamingVLMState, frames: np.ndarray, times) -> Commentary:
-        """One round: evict, encode the chunk, prefill its user turn, speak; returns its commentary."""
+    def step(self, state: StreamingVLMState, frames: np.ndarray, times,
+             clock: Callable[[str], None] | None = None) -> Commentary:
+        """One round: evict, encode the chunk, prefill its user turn, speak; returns its commentary.
+
+        ``clock(phase)``, when given, is called after each phase ("evict", "vision", "prefill", "speak"); the
+        benchmark times the phases with it.
+        """
         s = self.settings
+        tick = clock or (lambda phase: None)
         start = math.floor(float(times[0]) / s.chunk_seconds + 1e-9) * s.chunk_seconds
         start = start if state.last_end is None else max(start, state.last_end)
         end = start + s.chunk_seconds
@@ -192,8 +199,10 @@ class StreamingVLMSessionBackend:
             self._forget_cache(state)
         else:
             reposition(state.cache, state.layout, self.inv_freq)
+        tick("evict")
         pixels, grid = self.processor(frames)
         vision = encode_video(self.model, pixels, grid)  # (m, h): the ViT sees the new frames only
+        tick("vision")
         t, h, w = (int(x) for x in grid[0])
         round_ = self.new_round(index, start, end, (t, h // self.merge, w // self.merge), first=first,
                                 vision=vision if s.policy == "recompute" else None)
@@ -201,8 +210,10 @@ class StreamingVLMSessionBackend:
         state.layout.rounds.append(round_)
         state.layout.place()
         logits = self._prefill(state, {id(round_.parts["vision"]): vision})
+        tick("prefill")
         if self.speak:
             self._speak(state, body, logits)
+        tick("speak")
         self._close_round(round_)
         state.rounds, state.last_end = index + 1, end
         state.max_position_seen = max(state.max_position_seen, state.layout.max_position())
@@ -252,13 +263,13 @@ class StreamingVLMSessionBackend:
     def _speak(self, state: StreamingVLMState, body, logits: torch.Tensor) -> None:
         """Up to ``max_new_tokens`` tokens into ``body`` (each fed at once), stopping at ``<|im_end|>``."""
         s = self.settings
-        retained = state.layout.ids()
+        retained = state.layout.ids().to(logits.device)
         for _ in range(s.max_new_tokens):
             token = self.next_token(logits, retained)
             if token == self.ids["im_end"]:
                 break
             body.ids = torch.cat([body.ids, torch.tensor([token])])
-            retained = torch.cat([retained, torch.tensor([token])])
+            retained = torch.cat([retained, retained.new_tensor([token])])
             slot = state.layout.cached_length()
             position = body.offset + body.length - 1
             logits = forward_embeds(self.model, state.cache, body.ids[-1:], torch.full((3, 1), position))
@@ -288,12 +299,15 @@ class StreamingVLMSessionBackend:
     def next_token(self, logits: torch.Tensor, retained: torch.Tensor, *, do_sample: bool | None = None) -> int:
         """The next token from ``(1, V)`` logits: repetition penalty over ``retained``, then temperature sampling."""
         s = self.settings
-        scores = logits.float().cpu()
+        scores = logits.float()  # on the model's device: one small sync per token (the token is fed next)
         if s.repetition_penalty != 1.0:
-            scores = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)(retained[None], scores)
+            penalty = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)
+            scores = penalty(retained.to(scores.device)[None], scores)
         if not (s.do_sample if do_sample is None else do_sample):
             return int(scores.argmax(-1))
         probs = torch.softmax(scores / s.temperature, dim=-1)
+        if self.generator is not None and self.generator.device != probs.device:
+            self.generator = torch.Generator(probs.device).manual_seed(self.seed)
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
     # --- questions (StreamSession.ask) ----------------------------------------------------------------------
