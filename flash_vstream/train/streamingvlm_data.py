@@ -200,8 +200,9 @@ class PreviousTextCutter:
     Tokenizing the whole commentary again for every chunk costs O(words^2) per game (hours for a real data set),
     so each piece (the context, then ``" " + word``) is tokenized once, and only a head and a tail of whole pieces
     a little longer than ``sink``/``window`` (``margin`` spare tokens) are tokenized together and cut exactly. For
-    tokenizers that split words at the spaces before them (byte-level BPE such as Qwen's and GPT-2's,
-    SentencePiece), this is exactly the whole text tokenized and cut; a test checks that against the slow way.
+    tokenizers whose pre-tokenizer splits words at the spaces before them (byte-level BPE: Qwen's, GPT-2's), this
+    is exactly the whole text tokenized and cut; a test checks that against the slow way. (A SentencePiece
+    tokenizer that prefixes every text with a space would count a tail one token differently.)
 
     Args:
         tokenizer: the model's tokenizer (``__call__`` and ``decode``).
