@@ -13,7 +13,9 @@ Only the ``[...]`` text is supervised: from the token after ``<|im_start|>assist
 token is supervised when its first character is, read from the fast tokenizer's offsets, so a tokenizer that merges
 the header's newline with the reply's is handled as the published index arithmetic handles it). A word goes to
 the second its ASR end time falls in, ``(a, a + 1]`` (the first second also takes earlier ones), each written
-``" " + word``; a silent second is ``"\n ..."``, the learned empty turn. The previous-text block is always present
+``" " + word``; a silent second is ``"\n ..."``, the learned empty turn. A ``qa_stream`` question asked in a
+second follows that round's time stamp (``Time=...s {question}``) and its answer opens the reply
+(``{answer}\n ...``), as published. The previous-text block is always present
 (empty for a game's first chunk), as the inference cache always holds it.
 
 Frames: ``fps`` (2) frames per second of video, the first frame at or after each time ``video_start + j / fps``,
@@ -101,9 +103,21 @@ def bin_words(words, start: float, rounds: int) -> list[str]:
     return ["".join(t) for t in texts]
 
 
+def bin_questions(questions, start: float, rounds: int) -> list[tuple[str, str]]:
+    """``(question, answer)`` of each second: the ``qa_stream`` items asked in ``(a, a + 1]``, joined by spaces."""
+    asked = [([], []) for _ in range(rounds)]
+    for time, question, answer in sorted(questions, key=lambda q: q[0]):
+        k = max(0, math.ceil(time - start) - 1)
+        if k < rounds:
+            asked[k][0].append(question.strip())
+            asked[k][1].append(answer.strip())
+    return [(" ".join(q), " ".join(a)) for q, a in asked]
+
+
 def render_chunk(record: ChunkRecord, fmt: StreamFormat, vision_tokens: int, previous: str) -> RenderedConversation:
     """The sample text of ``record`` with ``vision_tokens`` placeholders per second, and its supervised spans."""
     rounds = round(record.end - record.start)
+    asked = bin_questions(record.questions, record.start, rounds)
     parts = [
         f"<|im_start|>system\n{fmt.system_prompt}<|im_end|>\n",
         f"<|im_start|>{fmt.previous_role}\n{previous}<|im_end|>\n",
@@ -111,9 +125,10 @@ def render_chunk(record: ChunkRecord, fmt: StreamFormat, vision_tokens: int, pre
     spans, length = [], sum(len(p) for p in parts)
     video = "<|vision_start|>" + "<|video_pad|>" * vision_tokens + "<|vision_end|>"
     for k, said in enumerate(bin_words(record.words, record.start, rounds)):
-        a = record.start + k
-        user = f"<|im_start|>user\nTime={a:.1f}-{a + 1:.1f}s{video}{record.query if k == 0 else ''}<|im_end|>\n"
-        header, reply = "<|im_start|>assistant\n", f"\n{said}{fmt.silent}<|im_end|>"
+        a, (question, answer) = record.start + k, asked[k]
+        time = f"Time={a:.1f}-{a + 1:.1f}s" + (f" {question}" if question else "")
+        user = f"<|im_start|>user\n{time}{video}{record.query if k == 0 else ''}<|im_end|>\n"
+        header, reply = "<|im_start|>assistant\n", f"{answer}\n{said}{fmt.silent}<|im_end|>"
         begin = length + len(user) + len(header)
         spans.append((begin, begin + len(reply)))
         parts.append(user + header + reply + "\n")

@@ -31,7 +31,9 @@ keys are ignored. A word whose start is after its end (seen in the published ASR
 
 plus a sidecar ``<stem>_seeks.jsonl`` (a JSON list of each line's byte offset, the published random-access
 index; ``<stem>`` drops a ``_with_seeks`` suffix as the published loader does). The text element's ``text`` is the
-query of the first round (empty, as published training saw none); ``previous`` may sit in either element.
+query of the first round (empty, as published training saw none); ``previous`` may sit in either element. A
+published record may also hold ``"qa_stream": [[start, time, question, answer], ...]`` beside ``text_stream``:
+questions asked during the chunk, read into :attr:`ChunkRecord.questions`.
 """
 
 from __future__ import annotations
@@ -392,6 +394,8 @@ class ChunkRecord:
     """The chunk's ``text_stream``."""
     where: str
     """``file:line``."""
+    questions: tuple[tuple[float, str, str], ...] = ()
+    """The ``qa_stream``: ``(time, question, answer)`` asked at ``time`` (seconds)."""
 
     @property
     def media(self) -> tuple[Path, ...]:
@@ -427,8 +431,11 @@ def parse_chunk(row, where: str, media_root: str) -> ChunkRecord:
         assert video["type"] == "video" and text["type"] == "text" and isinstance(stream["text_stream"], list)
     except (AssertionError, KeyError, TypeError, ValueError, IndexError):
         raise DataError(f"{where}: not a StreamingVLM chunk record {shape}") from None
-    if "qa_stream" in stream:
-        raise DataError(f"{where}: qa_stream (interleaved questions) is not supported; drop it from the record")
+    questions = []
+    for k, item in enumerate(stream.get("qa_stream") or []):
+        if not (isinstance(item, list) and len(item) == 4 and isinstance(item[2], str) and isinstance(item[3], str)):
+            raise DataError(f"{where}: qa_stream[{k}] must be [start, time, question, answer], got {item!r}")
+        questions.append((_number(item[1], "question time", where), item[2], item[3]))
     start, end = (_number(video.get(k), k, where) for k in ("video_start", "video_end"))
     if not (0 <= start < end and float(end - start).is_integer()):
         raise DataError(f"{where}: video_start {start} / video_end {end} must span a whole number (>= 1) of seconds")
@@ -441,9 +448,8 @@ def parse_chunk(row, where: str, media_root: str) -> ChunkRecord:
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], str)):
             raise DataError(f"{where}: text_stream[{k}] must be [start, end, word], got {item!r}")
         words.append((_number(item[0], "word start", where), _number(item[1], "word end", where), item[2]))
-    return ChunkRecord(
-        _resolve_video(media_root, video["video"], where), start, end, previous, query, tuple(words), where
-    )
+    video_path = _resolve_video(media_root, video["video"], where)
+    return ChunkRecord(video_path, start, end, previous, query, tuple(words), where, tuple(questions))
 
 
 class StreamingChunks:

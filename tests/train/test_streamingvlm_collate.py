@@ -87,6 +87,16 @@ def test_layout_snapshot():
     assert "<|vision_end|> Commentate<|im_end|>" in query.text and query.text.count("Commentate") == 1
 
 
+def test_questions_follow_the_time_stamp_and_answers_open_the_reply():
+    record = ChunkRecord(
+        SAMPLE, 2.0, 4.0, "", "", ((2.5, 3.0, "goal"),), "c:1", questions=((3.4, "Who scored?", "Him."),)
+    )
+    rendered = render_chunk(record, StreamFormat(), vision_tokens=1, previous="")
+    assert "user\nTime=2.0-3.0s<|vision_start|>" in rendered.text
+    assert "user\nTime=3.0-4.0s Who scored?<|vision_start|>" in rendered.text
+    assert rendered.supervised_text() == ["\n goal ...<|im_end|>", "Him.\n ...<|im_end|>"]
+
+
 def published_labels(ids: list[int], tokenizer) -> list[int]:
     """The published rule: after each ``<|im_start|>assistant\n`` header's tokens through the next <|im_end|>
     (the published code has the header as 3 Qwen tokens; the tiny vocabulary splits "assistant")."""

@@ -199,7 +199,7 @@ def test_word_starting_after_its_end_is_kept():
         (lambda r: r[0]["content"][0].update(video="../g.mp4"), DataError, "without '..'"),
         (lambda r: r[0]["content"][0].update(video="gone.mp4"), MissingMediaError, "'gone.mp4' not found"),
         (lambda r: r[0]["content"][0].update(video_end=2.5), DataError, "whole number"),
-        (lambda r: r[1]["content"][0].update(qa_stream=[]), DataError, "qa_stream"),
+        (lambda r: r[1]["content"][0].update(qa_stream=[[0, 1, "q"]]), DataError, r"qa_stream\[0\] must be"),
         (lambda r: r[1]["content"][0]["text_stream"].append([1, 2]), DataError, r"text_stream\[1\]"),
     ],
 )
@@ -221,6 +221,26 @@ def test_bad_chunk_record_names_file_and_line(tmp_path, edit, error, message):
     path = tmp_path / "c.jsonl"
     path.write_text(good + "\n" + bad + "\n")
     chunks = StreamingChunks(path, tmp_path)
-    assert chunks[0].words == ((0.1, 0.2, "a"),)
+    assert chunks[0].words == ((0.1, 0.2, "a"),) and chunks[0].questions == ()
     with pytest.raises(error, match=rf"c.jsonl:2: .*{message}"):
         chunks.check_all()
+
+
+def test_qa_stream_is_read(tmp_path):
+    (tmp_path / "g.mp4").write_bytes(b"")
+    record = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "video": "g.mp4", "video_start": 0, "video_end": 2},
+                {"type": "text", "text": "", "previous": "p"},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text_stream": [], "qa_stream": [[0, 1.5, "Who?", "Him."]]}],
+        },
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    assert StreamingChunks(path, tmp_path)[0].questions == ((1.5, "Who?", "Him."),)
