@@ -134,3 +134,30 @@ def test_serve_command_refuses_bad_settings_before_loading(tmp_path, capsys):
     assert "--port must be in 1..65535" in capsys.readouterr().err
     assert cli_main(["serve", "--model", missing]) == 2  # the model is loaded last
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_flash_family_streams_through_the_app(tmp_path):
+    from flash_vstream import load_model
+    from flash_vstream.video import read_video
+
+    out = tmp_path / "flash"
+    assert cli_main(["make-tiny", "--variant", "flash-qwen2vl", "--out", str(out)]) == 0
+    vs = load_model(out)
+    clip = read_video(SAMPLE, sampler=vs.sampler)
+    with client_for(vs, max_new_tokens=4) as client:
+        key = client.post("/api/sessions").json()["id"]
+        for frame, seconds in zip(clip.frames, clip.timestamps, strict=True):
+            assert client.post(f"/api/sessions/{key}/frames?t={seconds}", content=png(frame)).status_code == 200
+        client.app.state.pool.get(key).session.drain()
+        answer = client.post(f"/api/sessions/{key}/ask", json={"question": "What moves?"}).json()
+    with StreamSession(vs, max_new_tokens=4) as session:
+        session.push_frames(clip.frames, clip.timestamps)
+        session.drain()
+        expected = session.ask("What moves?")
+    # 7 frames: 3 whole temporal patches are in memory; the 7th waits for its partner.
+    assert answer["answer"] == expected.text and answer["frames_seen"] == 6
+    timeline = answer["timeline"]
+    assert timeline == expected.timeline.to_dict() and timeline["family"] == "flash" and timeline["recent"] == []
+    times = [round(float(t), 3) for t in clip.timestamps]
+    assert [c["seconds"] for c in timeline["clusters"]] == [times[0], times[2], times[4]]
+    assert [f["frame"] for f in timeline["retrieved"]] == [0, 2, 4]
