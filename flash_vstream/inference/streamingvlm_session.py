@@ -141,6 +141,7 @@ class StreamingVLMSessionBackend:
         self.ids = {name: self.tokenizer.convert_tokens_to_ids(token) for name, token in (
             ("im_start", "<|im_start|>"), ("im_end", "<|im_end|>"))}
         self.mark_ids = self._encode(MARK)
+        self.banned = [config.video_token_id, config.image_token_id]
         self.markup = {name: self._encode(text) for name, text in (  # constant pieces of every round
             ("user_tail", "<|im_end|>\n"), ("assistant_head", "<|im_start|>assistant\n"),
             ("silent", "\n" + MARK), ("tail", "<|im_end|>\n"))}
@@ -214,7 +215,7 @@ class StreamingVLMSessionBackend:
         if self.speak:
             self._speak(state, body, logits)
         tick("speak")
-        self._close_round(round_)
+        self._close_round(state.layout, round_)
         state.rounds, state.last_end = index + 1, end
         state.max_position_seen = max(state.max_position_seen, state.layout.max_position())
         text = self.tokenizer.decode(body.ids.tolist(), skip_special_tokens=True)
@@ -276,7 +277,7 @@ class StreamingVLMSessionBackend:
             body.runs.append(Run(slot, 1, position))
         body.runs = _merged(body.runs)
 
-    def _close_round(self, round_: Round) -> None:
+    def _close_round(self, layout: CacheLayout, round_: Round) -> None:
         """Split the trailing " ..." off the body (it never moves into the previous text); queue the turn's end."""
         body = round_.parts["assistant_body"]
         n = len(self.mark_ids)
@@ -289,6 +290,7 @@ class StreamingVLMSessionBackend:
             round_.parts["assistant_mark"].runs = tail
         round_.parts["assistant_tail"] = text_block("assistant_tail", self.markup["tail"])
         self._reorder(round_)
+        layout.place()  # the new mark and tail blocks take their positions
 
     @staticmethod
     def _reorder(round_: Round) -> None:
@@ -297,9 +299,13 @@ class StreamingVLMSessionBackend:
         round_.parts = {name: round_.parts[name] for name in order if name in round_.parts}
 
     def next_token(self, logits: torch.Tensor, retained: torch.Tensor, *, do_sample: bool | None = None) -> int:
-        """The next token from ``(1, V)`` logits: repetition penalty over ``retained``, then temperature sampling."""
+        """The next token from ``(1, V)`` logits: repetition penalty over ``retained``, then temperature sampling.
+
+        Vision placeholders (``<|video_pad|>``, ``<|image_pad|>``) are never generated.
+        """
         s = self.settings
         scores = logits.float()  # on the model's device: one small sync per token (the token is fed next)
+        scores[..., self.banned] = -torch.inf  # a generated placeholder would have no vision token to carry
         if s.repetition_penalty != 1.0:
             penalty = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)
             scores = penalty(retained.to(scores.device)[None], scores)
