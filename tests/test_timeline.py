@@ -174,3 +174,26 @@ def test_ask_plot_writes_the_picture(tiny_star, tmp_path, capsys):
     assert cli_main(["ask", "--model", str(model), "--video", str(SAMPLE), "q", "--plot",
                      str(tmp_path / "nowhere" / "m.png")]) == 2
     assert "its folder does not exist" in capsys.readouterr().err
+
+
+def test_flash_offline_timeline_equals_the_live_one(tmp_path):
+    from flash_vstream import load_model
+    from flash_vstream.video import read_video
+
+    out = tmp_path / "flash"
+    assert cli_main(["make-tiny", "--variant", "flash-qwen2vl", "--out", str(out)]) == 0
+    vs = load_model(out)
+    clip = read_video(SAMPLE, sampler=vs.sampler)  # 7 frames: 4 temporal patches, the last padded
+    offline = vs.answer_with_details("What moves?", video=SAMPLE, max_new_tokens=2, timeline=True).timeline
+    from_frames = vs.answer_with_details("What moves?", frames=clip.frames, timestamps=clip.timestamps,
+                                         max_new_tokens=2, timeline=True).timeline
+    with StreamSession(vs) as session:
+        session.push_frames(clip.frames, clip.timestamps)
+        session.finish()
+        live = session.ask("What moves?", max_new_tokens=2).timeline
+    assert offline.to_dict() == from_frames.to_dict()
+    assert (live.num_frames, offline.num_frames) == (8, 7)  # the live stream counts its pad frame
+    for key in ("clusters", "retrieved", "recent", "start_seconds", "end_seconds"):
+        assert live.to_dict()[key] == offline.to_dict()[key], key
+    times = [round(float(t), 3) for t in clip.timestamps]
+    assert [c.seconds for c in live.clusters] == [times[0], times[2], times[4], times[6]]
