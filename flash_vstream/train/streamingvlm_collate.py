@@ -9,14 +9,16 @@ streaming cache at inference (l: tokens, n: vision tokens of one second)::
     <|im_start|>user\nTime={a:.1f}-{a+1:.1f}s<|vision_start|><|video_pad|> x n<|vision_end|>{query: round 0}<|im_end|>\n
     <|im_start|>assistant\n[\n{ words} ...<|im_end|>]\n
 
-Only the ``[...]`` text is supervised: from the token after ``<|im_start|>assistant\n`` through ``<|im_end|>`` (a
-token is supervised when its first character is, read from the fast tokenizer's offsets, so a tokenizer that merges
-the header's newline with the reply's is handled as the published index arithmetic handles it). A word goes to
-the second its ASR end time falls in, ``(a, a + 1]`` (the first second also takes earlier ones), each written
-``" " + word``; a silent second is ``"\n ..."``, the learned empty turn. A ``qa_stream`` question asked in a
-second follows that round's time stamp (``Time=...s {question}``) and its answer opens the reply
-(``{answer}\n ...``), as published. The previous-text block is always present
-(empty for a game's first chunk), as the inference cache always holds it.
+Only the ``[...]`` text is supervised: from the token after ``<|im_start|>assistant\n`` through ``<|im_end|>``.
+Each reply is tokenized on its own, as the streaming session feeds it (the header prefilled, the reply
+generated), so its leading newline stays one token; tokenizing the whole sample at once, as the published code
+does, lets Qwen's BPE merge it with the header's newline into one ``"\n\n"`` token the session never shows.
+
+A word goes to the second its ASR end time falls in, ``(a, a + 1]`` (the first second also takes earlier
+ones), each written ``" " + word``; a silent second is ``"\n ..."``, the learned empty turn. A ``qa_stream``
+question asked in a second follows that round's time stamp (``Time=...s {question}``) and its answer opens the
+reply (``{answer}\n ...``), as published. The previous-text block is always present (empty for a game's first
+chunk), as the inference cache always holds it.
 
 Frames: ``fps`` (2) frames per second of video, the first frame at or after each time ``video_start + j / fps``,
 resized once with Qwen-VL's rule (factor 28, ``min_pixels``..``max_pixels``) and cut into one temporal patch per
@@ -29,9 +31,9 @@ Positions are not computed here: the batch carries ``mm_token_type_ids``, ``vide
 ``max + 1``, a second's vision block ``(t0, h, w)`` from its start). With one temporal patch per block the
 published modification of ``get_rope_index`` (a fixed temporal scale, float positions) gives the same numbers.
 
-The published code differs in two small ways, not copied: its rounds after the first write ``"Time=...s "`` with
-a trailing space (inference writes none), and it allowed one sample per batch; here batches are padded to their own
-longest sample and every sample keeps its own positions.
+The published code differs in three small ways, not copied: it tokenizes each sample whole (see above), its
+rounds after the first write ``"Time=...s "`` with a trailing space (inference writes none), and it allowed one
+sample per batch; here batches are padded to their own longest sample and every sample keeps its own positions.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from flash_vstream.inference.prompts import IGNORE_INDEX
 from flash_vstream.train.collate import FlashCollator
 from flash_vstream.train.dataset import VIDEO_TOKEN_TYPE, SampleError, SampleTooLongError
 from flash_vstream.train.streamingvlm_data import ChunkRecord, StreamingChunks
-from flash_vstream.train.templates import RenderedConversation, tokenize_conversation
+from flash_vstream.train.templates import RenderedConversation
 
 __all__ = [
     "StreamFormat",
@@ -134,6 +137,26 @@ def render_chunk(record: ChunkRecord, fmt: StreamFormat, vision_tokens: int, pre
         parts.append(user + header + reply + "\n")
         length += len(parts[-1])
     return RenderedConversation("".join(parts), tuple(spans))
+
+
+def tokenize_pieces(tokenizer, conversation: RenderedConversation) -> tuple[list[int], list[int]]:
+    r"""Ids and labels, each reply tokenized on its own (labels = its ids), the text between them on its own.
+
+    The streaming session prefills ``<|im_start|>assistant\n`` and then generates the reply, so the reply's
+    first newline is a token of its own there; tokenizing the whole sample at once would let Qwen's BPE merge it
+    with the header's newline (``"\n\n"`` is one token), and the model would learn a context it never sees.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    cut = 0
+    for start, end in [*conversation.spans, (len(conversation.text), len(conversation.text))]:
+        for begin, stop, supervised in ((cut, start, False), (start, end, True)):
+            if stop > begin:
+                piece = tokenizer(conversation.text[begin:stop], add_special_tokens=False)["input_ids"]
+                ids += piece
+                labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+        cut = end
+    return ids, labels
 
 
 class StreamingVLMSampleEncoder:
@@ -233,7 +256,7 @@ class StreamingVLMSampleEncoder:
         _, h, w = (int(v) for v in grid[0])
         per_second = h * w // (self.merge * self.merge)
         conversation = render_chunk(record, self.fmt, per_second, self.previous_text(record.previous))
-        ids, labels = tokenize_conversation(self.tokenizer, conversation, add_special_tokens=False)
+        ids, labels = tokenize_pieces(self.tokenizer, conversation)
         input_ids, labels = torch.tensor(ids), torch.tensor(labels)
         is_video = input_ids == self.video_id
         if int(is_video.sum()) != rounds * per_second:

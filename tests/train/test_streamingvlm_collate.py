@@ -130,6 +130,39 @@ def test_label_mask(tiny):
     assert not (sample["labels"][video] != IGNORE_INDEX).any()
 
 
+def merging_tokenizer():
+    """A tiny byte-level BPE (GPT-2 pre-tokenizer, Qwen-VL specials) that, like Qwen's, has one token for "\n\n"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from flash_vstream.model.tiny_tokenizer import CHATML_SPECIALS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["system user assistant previous text Time early kick off pass\n\n goal ...\n\n"] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=CHATML_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def test_each_reply_is_tokenized_as_the_session_feeds_it(tiny):
+    tokenizer = merging_tokenizer()
+    newline, double = (tokenizer.convert_tokens_to_ids(t) for t in ("\u010a", "\u010a\u010a"))  # "\n", "\n\n"
+    assert double in tokenizer("<|im_start|>assistant\n\n early")["input_ids"]  # whole text: merged
+    encoder = StreamingVLMSampleEncoder(
+        tokenizer, tiny[0].config.vision_config, StreamFormat.for_config(tiny[0].config)
+    )
+    sample = encoder(RECORD)
+    ids, labels = sample["input_ids"].tolist(), sample["labels"].tolist()
+    assert double not in ids
+    firsts = [k for k in range(len(ids)) if labels[k] != IGNORE_INDEX and (k == 0 or labels[k - 1] == IGNORE_INDEX)]
+    assert len(firsts) == 3 and all(ids[k] == newline and ids[k - 1] == newline for k in firsts)
+    assert labels == published_labels(ids, tokenizer)
+
+
 def test_frames_at_two_fps(tiny):
     _, _, encoder = tiny
     frames = encoder.frames(RECORD)
