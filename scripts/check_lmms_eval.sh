@@ -36,11 +36,14 @@ pip install --quiet -c "$work/keep-torch.txt" -e ".[lmms]"
 after=$("$py" -c 'import torch; print(torch.__version__)')
 [ "$after" = "$torch_version" ] || die "torch changed from $torch_version to $after"
 if pip list --format=freeze | grep -i '^nvidia-'; then die "the install pulled the nvidia-* packages above"; fi
-if pip show --quiet torchvision 2>/dev/null && ! "$py" -c 'import torchvision' 2>/dev/null; then
-  echo "torchvision $(pip list --format=freeze | grep -i '^torchvision==') cannot import next to torch $torch_version" \
-       "(a build for another torch): removing it; transformers then uses its torch-only image processors"
-  pip uninstall --quiet -y torchvision
-fi
+drop_broken_torchvision() {  # after every install: lmms-eval requires torchvision, so pip puts it back
+  if pip show --quiet torchvision 2>/dev/null && ! "$py" -c 'import torchvision' 2>/dev/null; then
+    echo "$(pip list --format=freeze | grep -i '^torchvision==') cannot import next to torch $torch_version" \
+         "(PyPI builds it for CUDA): removing it, as nothing on this path needs it"
+    pip uninstall --quiet -y torchvision
+  fi
+}
+drop_broken_torchvision
 broken=$(pip check 2>&1 | grep -v -E 'requires torchvision(>=[0-9.]+)?, which is not installed' || true)
 [ "$broken" = "No broken requirements found." ] || [ -z "$broken" ] || die "pip check: $broken"
 "$py" - <<'PY' || die "sentencepiece's model proto does not load under this protobuf (see the lmms extra's pins)"
@@ -83,12 +86,13 @@ done
 if [ "${LMMS_CHECK_SUITE:-1}" = "1" ]; then
   step "the project's suite in this environment"
   pip install --quiet -c "$work/keep-torch.txt" -e ".[lmms,dev]"
+  drop_broken_torchvision
   # latex2sympy2 (an lmms-eval dependency) installs its own top-level `tests` package into site-packages, which
   # shadows this repository's tests/ (a namespace package); it is test data of that package, not code lmms-eval runs.
-  stray=$("$py" -c 'import tests, os; print(os.path.dirname(tests.__file__) if tests.__file__ else "")' 2>/dev/null || true)
-  if [ -n "$stray" ] && [ "${stray#"$repo"}" = "$stray" ]; then
-    echo "removing $stray (latex2sympy2's own tests, shadowing tests/)"
-    rm -rf "$stray"
+  site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  if [ -f "$site/tests/__init__.py" ]; then
+    echo "removing $site/tests (latex2sympy2's own tests, shadowing tests/)"
+    rm -rf "$site/tests"
   fi
   "$py" -m pytest -q -x -p no:cacheprovider
 fi
