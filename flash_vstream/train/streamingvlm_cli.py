@@ -22,7 +22,10 @@ def add_build_command(commands) -> None:
     build = commands.add_parser(
         "build-streamingvlm",
         help="cut per-game ASR commentary into StreamingVLM overlapped-chunk SFT samples (JSONL)",
-        description=__doc__.split("\n\n")[1],
+        description="Cut per-game word-level ASR commentary into StreamingVLM's overlapped-chunk SFT samples: "
+        "windows of --window seconds every --stride, kept with at least --min-words words ending inside, the "
+        "previous text cut to its first --text-sink and last --text-window tokens. Writes OUT and OUT's "
+        "_seeks.jsonl index.",
     )
     build.add_argument("--games", required=True, help="JSONL, one game per line: video, duration, content, [title]")
     build.add_argument("--out", required=True, help="the chunk JSONL to write (its _seeks.jsonl index beside it)")
