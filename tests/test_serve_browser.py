@@ -57,8 +57,10 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # A fake camera (a moving test pattern) that the page may use without a permission prompt.
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
+                 "--autoplay-policy=no-user-gesture-required", "--mute-audio",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
     yield driver
@@ -99,3 +101,25 @@ def test_page_plays_the_sample_and_answers_a_question(server, browser):
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#thumbs img")) == 4)  # 3 retrieved + newest
     assert all(browser.execute_script("return arguments[0].naturalWidth", img) == 64
                for img in browser.find_elements(By.CSS_SELECTOR, "#thumbs img"))
+
+
+def test_page_streams_the_webcam(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, app = server
+    browser.get(url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: "choose a video" in d.find_element(By.ID, "status").text)
+    browser.find_element(By.ID, "camera").click()
+    wait.until(lambda d: d.find_element(By.ID, "status").text == "webcam")
+    session = app.state.pool.get(browser.execute_script("return tab.id")).session
+    wait.until(lambda d: session.stats().frames_seen >= 3)  # 2 frames a second of wall-clock time
+    browser.find_element(By.ID, "question").send_keys("What is on the screen?")
+    browser.find_element(By.ID, "ask").click()
+    item = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#answers li.answered, #answers li.failed"))
+    assert "answered" in item.get_attribute("class"), item.text
+    assert browser.find_element(By.ID, "error").text == ""
+    stats = session.stats()
+    assert stats.frames_seen >= 3 and stats.frames_dropped == 0
+    assert stats.stream_time >= (stats.frames_seen - 1) / 2 - 0.01  # one frame per half-second slot at most
