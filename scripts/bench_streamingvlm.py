@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from benchlib import environment, peak_gib, report, spread, sync
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from flash_vstream.families import get_family
-from flash_vstream.inference.pipeline import FlashVStream
-from flash_vstream.inference.streamingvlm_session import StreamingVLMInputBuilder, StreamingVLMSessionBackend
+from flash_vstream.inference.streamingvlm_session import StreamingVLMSessionBackend
 from flash_vstream.model.streamingvlm import SETTINGS_KEY, StreamingVLMSettings, tiny_streamingvlm_config
 from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer
 
@@ -46,8 +45,12 @@ QWEN25VL_7B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, nu
 PHASES = ("evict", "vision", "prefill", "speak")
 
 
-def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> FlashVStream:
-    """A random-weight model (full size, or the tiny test shape) with the tiny tokenizer's special ids."""
+def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> SimpleNamespace:
+    """A random-weight model (full size, or the tiny test shape) with the tiny tokenizer's special ids.
+
+    Returned as the two fields the backend reads (``model``, ``tokenizer``), so nothing of the video-file layer
+    (PyAV, decord) is imported: the frames are synthetic.
+    """
     tokenizer = build_tiny_tokenizer("chatml")
     if tiny:
         config = tiny_streamingvlm_config(tokenizer)
@@ -60,8 +63,7 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> FlashVStream:
                                   **QWEN25VL_7B_TEXT)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
-    return FlashVStream(model, tokenizer, StreamingVLMInputBuilder.for_model(model, tokenizer),
-                        get_family("streamingvlm").sampler.build(), family="streamingvlm", decode="eager")
+    return SimpleNamespace(model=model, tokenizer=tokenizer, family="streamingvlm")
 
 
 def run_policy(vs, settings: StreamingVLMSettings, seconds: int, frame_size: tuple[int, int], segment: int,
