@@ -81,7 +81,8 @@ class ModelSpec:
     dtype: str | None = None
     """``--dtype`` (``bfloat16``, ``float16``, ``float32``, ``auto``); ``None``: bf16 on GPU, fp32 on CPU."""
     family: str | None = None
-    """The family a ``--config`` preset is for; loading another family's checkpoint is then an error."""
+    """The family a ``--config`` preset is for: it loads the checkpoint even over its ``config.json``'s
+    ``flash_vstream_family`` marker; a checkpoint that family cannot load is then an error."""
     options: dict[str, Any] = field(default_factory=dict)
     """Family options after merging the preset with ``--option`` (e.g. ``rope_mode="reference"``)."""
 
@@ -108,16 +109,22 @@ class ModelSpec:
             FileNotFoundError: For a missing checkpoint or one without ``config.json``.
             ValueError: For a bad dtype or option, or a preset made for another family.
         """
-        from flash_vstream.families import family_for_model_type
-        from flash_vstream.model.loading import read_model_type, resolve_dtype
+        from flash_vstream.families import family_for_config
+        from flash_vstream.model.loading import read_checkpoint_config, resolve_dtype
 
         path = self.resolve()
-        found = family_for_model_type(read_model_type(path))
-        if self.family is not None and self.family != found.name:
+        config = read_checkpoint_config(path)
+        # The family ``load`` will use: the preset's, else the config.json marker, else the model_type table.
+        try:
+            found = family_for_config(config, self.family, where=str(path))
+        except ValueError:
+            if self.family is None:
+                raise
+            native = family_for_config(config, where=str(path))
             raise ValueError(
-                f"the --config preset is for the {self.family} family but {path} is a {found.name} checkpoint; "
-                f"use a preset made for {found.name} models"
-            )
+                f"the --config preset is for the {self.family} family but {path} is a {native.name} checkpoint; "
+                f"use a preset made for {native.name} models"
+            ) from None
         options = found.check_options(self.options, where="--option/--config")
         return {
             "resolved": str(path.resolve()),

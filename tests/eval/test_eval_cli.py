@@ -277,6 +277,51 @@ def test_config_preset_merges_under_option_and_is_recorded(tmp_path, tiny_video,
 
 
 @pytest.fixture(scope="module")
+def tiny_streamingvlm(tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("ckpt") / "streamingvlm"
+    assert main(["make-tiny", "--variant", "streamingvlm", "--out", str(checkpoint)]) == 0
+    return checkpoint
+
+
+def test_a_streamingvlm_checkpoint_is_recorded_as_its_family_with_its_options(tmp_path, tiny_video,
+                                                                              tiny_streamingvlm, capsys):
+    """Its config.json has model_type qwen2_5_vl (a Flash type) and the streamingvlm marker: the marker wins."""
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    for i in range(10):
+        (root / "videos" / f"v{i}.mp4").unlink()  # nothing to answer: no model is loaded
+    argv = ["run", "--benchmark", "mlvu", "--model", str(tiny_streamingvlm), "--data", str(root),
+            "--out", str(tmp_path / "out"), "--option", "do_sample=false", "--device", "cpu", "--no-progress"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    model = json.loads((tmp_path / "out" / "run_config.json").read_text())["model"]
+    assert (model["family"], model["options"]) == ("streamingvlm", {"do_sample": False})
+    # A Flash option is now the unknown one, named in one line.
+    code, out, err = run_cli([*argv, "--option", "rope_mode=paper"], capsys)
+    assert (code, out) == (2, "") and "unknown StreamingVLM option(s) ['rope_mode']" in err
+
+
+def test_spec_identity_honours_the_requested_family_then_the_marker_then_the_model_type(tmp_path):
+    import torch
+
+    from flash_vstream_eval.model_api import ModelSpec
+
+    cpu = torch.device("cpu")
+    plain = fake_checkpoint(tmp_path / "plain", model_type="qwen2_5_vl")  # the released StreamingVLM layout
+    marked = fake_checkpoint(tmp_path / "marked", model_type="qwen2_5_vl",
+                             extra={"flash_vstream_family": "streamingvlm"})
+    assert ModelSpec(str(plain)).identity(cpu)["family"] == "flash"
+    assert ModelSpec(str(plain), family="streamingvlm").identity(cpu)["family"] == "streamingvlm"
+    assert ModelSpec(str(marked)).identity(cpu)["family"] == "streamingvlm"
+    assert ModelSpec(str(marked), family="flash").identity(cpu)["family"] == "flash"
+    with pytest.raises(ValueError, match="unknown Flash-family option"):
+        ModelSpec(str(plain), options={"do_sample": False}).identity(cpu)
+    for path, native in ((plain, "flash"), (marked, "streamingvlm")):
+        with pytest.raises(ValueError, match=f"the --config preset is for the star family but {path} is a "
+                                             f"{native} checkpoint; use a preset made for {native} models"):
+            ModelSpec(str(path), family="star").identity(cpu)
+
+
+@pytest.fixture(scope="module")
 def tiny_flash(tmp_path_factory):
     from flash_vstream.model.tiny_qwen2vl import make_tiny_flash
 
