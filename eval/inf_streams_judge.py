@@ -39,7 +39,7 @@ from flash_vstream_eval.inf_streams import (
     make_windows,
     window_text,
 )
-from flash_vstream_eval.judge import JudgeError, JudgeUnreachableError, OpenAIJudge, _Retryable, judge_from_args
+from flash_vstream_eval.judge import OpenAIJudge, judge_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -179,34 +179,11 @@ class PairwiseJudge:
         key = vote_cache_key(self.client.model, reference, a, b)
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
             return parse_vote(hit)
-        reply = self._ask(self.messages(reference, a, b), item_id)
+        # An off-rule reply is a vote for neither, not a failure: only transport failures are retried.
+        reply = self.client.complete(self.messages(reference, a, b), what=f"window {item_id!r}")
         if self._cache is not None:
             self._cache.put(key, reply, self.client.model)
         return parse_vote(reply)
-
-    def _ask(self, messages: list[dict], item_id: Any) -> str:
-        """One reply, retrying transport failures with the client's backoff (an off-rule reply is not retried)."""
-        client, last, unreachable = self.client, "no attempt made", False
-        for attempt in range(client.max_retries + 1):
-            try:
-                return client._post(messages)
-            except _Retryable as err:
-                last, delay, unreachable = str(err), err.delay, err.connection
-            except ValueError as err:  # not a chat-completions payload
-                last, delay, unreachable = str(err), None, False
-            if attempt == client.max_retries:
-                break
-            wait = min(client.max_delay, delay if delay is not None else client.backoff * 2**attempt)
-            logger.log(logging.INFO if unreachable else logging.WARNING, "judge window %r: %s; retry %d/%d in %.2fs",
-                       item_id, last, attempt + 1, client.max_retries, wait)
-            client._sleep(wait)
-        attempts = client.max_retries + 1
-        if unreachable:
-            raise JudgeUnreachableError(
-                f"cannot reach the judge at {client.base_url} ({last.removeprefix('connection error: ')}) after "
-                f"{attempts} attempts; check --judge-base-url / FLASH_VSTREAM_JUDGE_BASE_URL and that the server is up"
-            )
-        raise JudgeError(f"judge gave up on window {item_id!r} after {attempts} attempts at {client.base_url}: {last}")
 
 
 def pairwise_judge_from_args(

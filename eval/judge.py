@@ -38,11 +38,12 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Bumped whenever the prompt text or the parsing rules change, so cached verdicts are not reused across them.
 PROMPT_VERSION = "vcgpt-qa-v1"
@@ -331,12 +332,37 @@ class OpenAIJudge:
             self._cache.put(key, verdict, self.model)
         return verdict
 
+    def complete(self, messages: list[dict], *, what: str) -> str:
+        """One chat call: the reply text of ``messages``, retrying transport failures with this judge's backoff.
+
+        Connection errors, HTTP 429/5xx (honouring ``Retry-After``) and payloads that are not a chat-completions
+        response are retried; the reply itself is returned as it is, for the caller to read. Error messages
+        never show the API key.
+
+        Args:
+            messages: OpenAI chat messages (``[{"role": ..., "content": ...}, ...]``).
+            what: What is being judged, for logs and errors (``"window 'g1:0'"``).
+
+        Returns:
+            The reply's message content.
+
+        Raises:
+            JudgeUnreachableError: The endpoint could not be reached at all after the retries.
+            JudgeError: A non-retryable HTTP error, or retries exhausted; the message names ``what``.
+        """
+        return self._with_retries(lambda: self._post(messages), what)
+
     def _judge_with_retries(self, messages: list[dict], item_id: Any, question: str) -> Verdict:
         item = f"item {item_id!r}" if item_id is not None else f"question {question[:80]!r}"
+        # An unparseable verdict is asked again, like a transport failure.
+        return self._with_retries(lambda: parse_verdict(self._post(messages)), item)
+
+    def _with_retries(self, attempt_once: Callable[[], _T], what: str) -> _T:
+        """``attempt_once()`` until it returns; `_Retryable` and ``ValueError`` (an unreadable reply) retry."""
         last, unreachable = "no attempt made", False
         for attempt in range(self.max_retries + 1):
             try:
-                return parse_verdict(self._post(messages))
+                return attempt_once()
             except _Retryable as err:
                 last, delay, unreachable = str(err), err.delay, err.connection
             except ValueError as err:  # unparseable reply: ask again
@@ -347,7 +373,7 @@ class OpenAIJudge:
             # An unreachable server either comes back or ends in one clear error: keep the console quiet meanwhile;
             # throttling and server errors are worth seeing while the run waits.
             level = logging.INFO if unreachable else logging.WARNING
-            logger.log(level, "judge %s: %s; retry %d/%d in %.2fs", item, last, attempt + 1, self.max_retries, wait)
+            logger.log(level, "judge %s: %s; retry %d/%d in %.2fs", what, last, attempt + 1, self.max_retries, wait)
             self._sleep(wait)
         attempts = self.max_retries + 1
         if unreachable:
@@ -356,7 +382,7 @@ class OpenAIJudge:
                 f"{attempts} attempts; check --judge-base-url / FLASH_VSTREAM_JUDGE_BASE_URL and that the server is up"
             )
         raise JudgeError(
-            f"judge gave up on {item} after {attempts} attempts at {self.base_url}: {last}. "
+            f"judge gave up on {what} after {attempts} attempts at {self.base_url}: {last}. "
             "Check the endpoint and model, or raise max_retries/backoff."
         )
 

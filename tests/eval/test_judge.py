@@ -183,6 +183,26 @@ def test_non_chat_response_body_is_retried(serve):
     assert make_judge(server)("q", "a", "p") == Verdict(False, 0, "{'pred': 'no', 'score': 0}")
 
 
+def test_complete_returns_any_reply_as_is_after_transport_retries(serve):
+    messages = [{"role": "user", "content": "Which is better, A or B?"}]
+    server = serve((503, {}, "busy"), (200, {}, "<html>proxy</html>"), chat_reply("neither, really"))
+    judge = make_judge(server, backoff=0.5)
+    assert judge.complete(messages, what="window 'g1:0'") == "neither, really"  # not a verdict: not retried
+    assert judge.http_calls == 3 and judge.delays == [0.5, 1.0]
+    assert [r["json"]["messages"] for r in server.requests] == [messages] * 3
+
+
+def test_complete_names_what_and_never_shows_the_key(serve):
+    server = serve((503, {}, f"overloaded for {KEY}"))
+    judge = make_judge(server, max_retries=1)
+    with pytest.raises(JudgeError, match=r"gave up on window 'g1:0' after 2 attempts .*HTTP 503 overloaded for \*\*\*"):
+        judge.complete([{"role": "user", "content": "?"}], what="window 'g1:0'")
+    refused = serve((401, {}, f"bad key {KEY}"))
+    with pytest.raises(JudgeError, match="HTTP 401: API key rejected") as info:
+        make_judge(refused).complete([{"role": "user", "content": "?"}], what="window 'g1:0'")
+    assert KEY not in str(info.value) and len(refused.requests) == 1  # a refusal is not retried
+
+
 def test_connection_error_is_retried_then_fails_naming_the_url_and_the_fix():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
