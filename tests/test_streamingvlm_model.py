@@ -81,13 +81,14 @@ def test_options_are_settings_fields():
         StreamingVLMSettings(fps=2.5)
 
 
-def test_positions_and_logits_equal_transformers_on_a_fresh_prompt(layouts):
-    """One 4-frame chunk at 4 fps (two temporal patches, so the temporal scale matters): the records' positions
-    and the prefill logits equal Qwen2.5-VL's own forward with ``get_rope_index``."""
-    vs = load_model(layouts[0], device="cpu", fps=4.0, do_sample=False)
+@pytest.mark.parametrize("fps", [4.0, 8.0])
+def test_positions_and_logits_equal_transformers_on_a_fresh_prompt(layouts, fps):
+    """One 1-s chunk at 4 or 8 fps (two or four temporal patches, temporal scales 1 and 0.5): the records'
+    positions and the prefill logits equal Qwen2.5-VL's own forward with ``get_rope_index``."""
+    vs = load_model(layouts[0], device="cpu", fps=fps, do_sample=False)
     backend = StreamingVLMSessionBackend(vs, speak=False, previous_text="Game one.")
     state = backend.init_state()
-    frames = np.random.default_rng(0).integers(0, 256, (4, 84, 112, 3), dtype=np.uint8)
+    frames = np.random.default_rng(0).integers(0, 256, (int(fps), 84, 112, 3), dtype=np.uint8)
     pixels, grid = backend.processor(frames)
     t, h, w = (int(x) for x in grid[0])
     state.layout.rounds.append(backend.new_round(0, 0.0, 1.0, (t, h // 2, w // 2), first=True))
@@ -96,10 +97,25 @@ def test_positions_and_logits_equal_transformers_on_a_fresh_prompt(layouts):
     vision = torch.cat(list(vs.model.model.get_video_features(pixels, grid, return_dict=True).pooler_output))
     ours = forward_embeds(vs.model, None, ids, positions, vision, logits="all")
     types = (ids == vs.model.config.video_token_id).long()[None] * 2
-    second_per_grid = torch.tensor([2 / 4.0])
+    second_per_grid = torch.tensor([2 / fps])
     theirs_positions, _ = vs.model.model.get_rope_index(ids[None], types, video_grid_thw=grid,
                                                         second_per_grid_ts=second_per_grid)
     assert torch.equal(positions, theirs_positions[:, 0])
     theirs = vs.model(input_ids=ids[None], pixel_values_videos=pixels, video_grid_thw=grid, mm_token_type_ids=types,
                       second_per_grid_ts=second_per_grid).logits[0]
     torch.testing.assert_close(ours, theirs.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_make_tiny_command_writes_a_checkpoint_load_model_picks_up(tmp_path, capsys):
+    from argparse import Namespace
+
+    from flash_vstream.cli import run_make_tiny
+
+    args = Namespace(out=str(tmp_path / "svlm"), variant="streamingvlm", force=False, layout="own",
+                     weights_format="bin", seed=0)
+    assert run_make_tiny(args) == 0 and "wrote tiny streamingvlm checkpoint" in capsys.readouterr().out
+    vs = load_model(tmp_path / "svlm", device="cpu")
+    assert vs.family == "streamingvlm" and vs.sampler.target_fps == 2.0
+    frames = np.random.default_rng(1).integers(0, 256, (4, 56, 56, 3), dtype=np.uint8)
+    answer = vs.answer_with_details("What moves?", frames=frames, max_new_tokens=2)  # offline path: whole clip
+    assert answer.num_frames == 4 and answer.num_visual_tokens == 2 * 2 * 2

@@ -24,7 +24,7 @@ dropped; ``a >= max(text_rounds, vision_window)``: the round is dropped. The win
 
 Positions (the M-RoPE rule of Qwen2.5-VL): a text token takes ``(p, p, p)`` with ``p`` one more than the
 previous token's largest component; a vision block of LLM grid ``(t, h, w)`` takes
-``(t_idx * temporal_scale, h_idx, w_idx) + offset``, ``temporal_scale = temporal_patch_size / fps *
+``(floor(t_idx * temporal_scale), h_idx, w_idx) + offset``, ``temporal_scale = temporal_patch_size / fps *
 tokens_per_second``. After an eviction every retained block is placed again from the start (contiguous RoPE), so
 positions stay bounded however long the stream runs.
 
@@ -118,11 +118,12 @@ def text_block(kind: str, ids: list[int] | torch.Tensor) -> Block:
     return Block(kind, torch.as_tensor(ids, dtype=torch.long).reshape(-1))
 
 
-def vision_block(start_id: int, pad_id: int, end_id: int, grid: tuple[int, int, int], temporal_scale: int,
+def vision_block(start_id: int, pad_id: int, end_id: int, grid: tuple[int, int, int], temporal_scale: float,
                  vision: torch.Tensor | None = None) -> Block:
     """``<|vision_start|>`` + ``t*h*w`` pads + ``<|vision_end|>``, M-RoPE laid out for an LLM grid ``(t, h, w)``."""
     t, h, w = grid
-    tt, hh, ww = torch.meshgrid(torch.arange(t) * temporal_scale, torch.arange(h), torch.arange(w), indexing="ij")
+    temporal = (torch.arange(t) * temporal_scale).long()  # truncated, as transformers' get_rope_index does
+    tt, hh, ww = torch.meshgrid(temporal, torch.arange(h), torch.arange(w), indexing="ij")
     pads = torch.stack([tt, hh, ww]).reshape(3, -1) + 1  # after the start token
     end = int(pads.max()) + 1
     local = torch.cat([torch.zeros(3, 1, dtype=torch.long), pads, torch.full((3, 1), end)], dim=1)

@@ -127,8 +127,7 @@ class StreamingVLMSessionBackend:
         if self.frames_per_step % vision.temporal_patch_size:
             raise ValueError(f"a chunk holds {self.frames_per_step} frames (fps x chunk_seconds), not a whole number "
                              f"of temporal patches of {vision.temporal_patch_size}; change fps or chunk_seconds")
-        scale = vision.temporal_patch_size / self.settings.fps * vision.tokens_per_second
-        self.temporal_scale = int(scale)  # transformers' get_rope_index truncates the same way
+        self.temporal_scale = vision.temporal_patch_size / self.settings.fps * vision.tokens_per_second
         self.merge = vision.spatial_merge_size
         self.previous_text, self.speak, self.on_commentary = previous_text, speak, on_commentary
         self.seed = seed
