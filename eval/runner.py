@@ -244,6 +244,25 @@ def _run_config(
     }
 
 
+def _run_commentary(spec: Benchmark, model: Any, data_root: str | Path, out_dir: str | Path, given: list[str],
+                    **kwargs: Any) -> dict[str, Any] | None:
+    """A live-commentary benchmark: `inf_streams_run.run_inf_streams` with its default settings.
+
+    Raises:
+        ValueError: When an argument of the question-answering runner was given (``given``): none applies.
+    """
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} of run_benchmark do not apply to {spec.name}: its commentary is streamed with the "
+            f"model's own per-second budget and judged pairwise afterwards (`flash-vstream eval score --benchmark "
+            f"{spec.name} --reference REF.jsonl`). Run `flash-vstream eval run --benchmark {spec.name}`, or call "
+            "flash_vstream_eval.inf_streams_run.run_inf_streams for its settings."
+        )
+    from flash_vstream_eval.inf_streams_run import run_inf_streams
+
+    return run_inf_streams(_as_model(model), data_root, out_dir, **kwargs)
+
+
 def run_benchmark(
     benchmark: str | Benchmark,
     model: Any,
@@ -265,7 +284,10 @@ def run_benchmark(
     """Evaluate ``model`` on a benchmark, resumably; return the results (``None`` on ranks that do not merge).
 
     Args:
-        benchmark: Benchmark name (see `benchmarks.BENCHMARKS`) or spec.
+        benchmark: Benchmark name (see `benchmarks.BENCHMARKS`) or spec. A live-commentary one (``inf_streams``,
+            ``Benchmark.commentary``) is handed to `inf_streams_run.run_inf_streams` with its default settings
+            (``model``, ``data_root``, ``out_dir``, ``limit``, ``annotations``, ``overwrite``, ``progress``,
+            ``dist``; the other arguments do not apply and are refused) and returns its results stub.
         model: A `model_api.VideoQAModel`, a `model_api.ModelSpec`, or a checkpoint name/path (a spec with
             default flags). A spec is loaded onto this rank's device only when some item still needs an answer.
         data_root: Folder holding the benchmark's annotations and media.
@@ -286,11 +308,18 @@ def run_benchmark(
 
     Raises:
         AnnotationError: For unusable annotations (file and line named; with ``strict`` any malformed record).
-        ValueError: For a bad benchmark/profile/limit/device/dtype/option, or an ``out_dir`` holding another
-            run's predictions (`run_folder.RunFolderError`).
+        ValueError: For a bad benchmark/profile/limit/device/dtype/option, an ``out_dir`` holding another
+            run's predictions (`run_folder.RunFolderError`), or a question-answering argument given for a
+            live-commentary benchmark.
         FileNotFoundError: For a checkpoint that does not exist.
     """
     spec, prof = get_benchmark(benchmark), get_profile(profile)
+    if spec.commentary:
+        not_applicable = {"profile": prof.name != "flash-vstream", "judge": judge is not None,
+                          "reader": reader is not None, "max_new_tokens": max_new_tokens is not None,
+                          "strict": strict, "offline": offline}
+        return _run_commentary(spec, model, data_root, out_dir, [k for k, given in not_applicable.items() if given],
+                               annotations=annotations, limit=limit, overwrite=overwrite, progress=progress, dist=dist)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number of questions, got {limit}.")
     if max_new_tokens is not None and max_new_tokens < 1:

@@ -176,3 +176,30 @@ def test_a_tiny_streamingvlm_model_streams_every_window(tmp_path):
     with pytest.raises(ValueError, match="--fps 1 differs from the model's streaming rate of 2 frames per second"):
         run_inf_streams(vs, root, tmp_path / "run1", replace(CHUNK, fps=1.0), commentate=greedy, progress=False,
                         dist=DIST)
+
+
+def test_run_benchmark_hands_inf_streams_to_its_runner(tmp_path):
+    from flash_vstream_eval.model_api import ModelSpec
+    from flash_vstream_eval.runner import run_benchmark
+
+    root = tmp_path / "data"
+    # The default settings: windows of 100 s from 1000 s with at least 200 words; here one, (1000, 1100].
+    content = [[1000 + 0.4 * i, 1000.2 + 0.4 * i, "w"] for i in range(250)]
+    write_jsonl(root / "eval_all_metadata.jsonl", [{"video": "g8.mp4", "content": content},
+                                                   {"video": "g9.mp4", "content": content}])
+    ckpt = fake_checkpoint(tmp_path / "ckpt")  # every video missing: no model is loaded
+    results = run_benchmark("inf_streams", str(ckpt), root, tmp_path / "a", progress=False, dist=DIST)
+    assert results["counts"] == {"items": 2, "predicted": 0, "skipped": 2}  # infinite mode: one stream a game
+    direct = run_inf_streams(ModelSpec(str(ckpt)), root, tmp_path / "b", InfStreamsSettings(), progress=False,
+                             dist=DIST)
+    assert results == direct
+    for name in ("run_config.json", "predictions.jsonl"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    assert json.loads((tmp_path / "a" / "run_config.json").read_text())["model"]["family"] == "flash"
+    for flags, named in (({"max_new_tokens": 5}, "max_new_tokens"), ({"judge": print, "strict": True},
+                                                                      "judge, strict"),
+                         ({"profile": "lmms-eval"}, "profile")):
+        with pytest.raises(ValueError, match=f"^{named} of run_benchmark do not apply to inf_streams: .*"
+                                             "Run `flash-vstream eval run --benchmark inf_streams`"):
+            run_benchmark("inf_streams", str(ckpt), root, tmp_path / "c", dist=DIST, **flags)
+    assert not (tmp_path / "c").exists()
