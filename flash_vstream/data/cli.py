@@ -2,8 +2,8 @@
 
 - ``make-data synthetic --out DIR --n N --seed S [--split train|heldout] [--kinds ...] [--turns T]``: frame
   folders ``DIR/clips/<id>/`` and the LLaVA-style ``DIR/<split>.json`` (``flash-vstream data check`` reads it);
-- ``make-data demo-start --out DIR [--seed S]``: the untrained demo model and its word tokenizer, the start point
-  of ``configs/train/demo.yaml``;
+- ``make-data demo-start --out DIR [--seed S] [--pretrain-steps N]``: the demo model's start point (random
+  weights, the vision tower pre-trained on per-patch labels) and its word tokenizer, for ``configs/train/demo.yaml``;
 - ``make-data demo-ship --run DIR --out DIR --seed S``: copy a trained demo run into a model folder with its
   ``MANIFEST.json`` (what ``flash_vstream/demo/`` holds).
 """
@@ -38,6 +38,8 @@ def add_make_data_command(sub) -> None:
     start = kinds.add_parser("demo-start", help="the untrained demo model (training start point)")
     start.add_argument("--out", required=True, help="output folder")
     start.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    start.add_argument("--pretrain-steps", type=int, default=300,
+                       help="steps of vision-tower pre-training on per-patch colour/shape labels (default 300)")
     start.set_defaults(func=run_demo_start)
     ship = kinds.add_parser("demo-ship", help="package a trained demo run with its manifest")
     ship.add_argument("--run", required=True, help="the training run folder (training.output_dir)")
@@ -64,7 +66,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
 def run_demo_start(args: argparse.Namespace) -> int:
     from flash_vstream.data.demo import write_demo_start
 
-    out = write_demo_start(Path(args.out), seed=args.seed)
+    out = write_demo_start(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps)
     print(f"wrote the untrained demo model to {out}")
     return 0
 

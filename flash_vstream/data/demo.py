@@ -33,9 +33,10 @@ VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_at
               patch_size=14, projection_dim=32, hidden_act="quick_gelu")
 TEXT = dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False)
-# The STAR memory for clips of up to 10 frames: every past frame is its own temporal cluster (16 tokens) and
-# abstract slot (1 token), one key frame is retrieved and the newest frame is kept whole (64 tokens each).
-MEMORY = dict(spatial_frames=1, spatial_size=8, temporal_clusters=10, temporal_size=4, abstract_slots=10,
+# The STAR memory for clips of up to 10 frames, on a 4 x 4 grid (2 x 2 patches per token): every past frame is its
+# own temporal cluster (16 tokens) and abstract slot (1 token), one key frame is retrieved and the newest frame is
+# kept (16 tokens each).
+MEMORY = dict(spatial_frames=1, spatial_size=4, temporal_clusters=10, temporal_size=4, abstract_slots=10,
               abstract_size=1, retrieved_frames=1, attention_dim=16)
 
 
@@ -111,8 +112,16 @@ def demo_config(vocab_size: int, small: bool = False):
     )
 
 
-def write_demo_start(out: str | Path, seed: int = 0, small: bool = False) -> Path:
-    """Write the untrained demo model (seeded random weights) and its tokenizer: the training start point."""
+def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretrain_steps: int = 0) -> Path:
+    """Write the demo model's training start point (seeded random weights) and its tokenizer.
+
+    Args:
+        out: the folder.
+        seed: seed of the weights and of the vision pre-training frames.
+        small: the much smaller variant (:data:`SMALL`).
+        pretrain_steps: steps of vision-tower pre-training on per-patch labels first
+            (:func:`~flash_vstream.data.pretrain.pretrain_vision`); 0: none.
+    """
     import torch
 
     from flash_vstream.model.modeling import FlashVStreamForCausalLM
@@ -122,9 +131,31 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False) -> Pat
     tokenizer = build_demo_tokenizer()
     torch.manual_seed(seed)
     model = FlashVStreamForCausalLM(demo_config(len(tokenizer), small=small))
+    _rescale_projector(model.projector)
+    if pretrain_steps:
+        from flash_vstream.data.pretrain import pretrain_vision
+
+        losses = pretrain_vision(model, steps=pretrain_steps, seed=seed)
+        print(f"vision pre-training: loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f}")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _rescale_projector(projector) -> None:
+    """Give the projector's linears unit-gain weights (std ``1/sqrt(fan_in)``) and zero biases.
+
+    The language model's 0.02-std init makes a new projector map every frame to almost the same token (its
+    output differs across tokens by about 0.005, below its bias); from scratch the decoder then sees no visual
+    signal and training sits on the answer prior for hundreds of steps.
+    """
+    import torch
+
+    with torch.no_grad():
+        for layer in projector.modules():
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.normal_(0.0, layer.in_features**-0.5)
+                layer.bias.zero_()
 
 
 def sha256(path: Path) -> str:

@@ -160,6 +160,21 @@ def render_frame(scene: Scene, t: int) -> np.ndarray:
     return frame
 
 
+def object_map(scene: Scene, t: int) -> np.ndarray:
+    """Which object each pixel of frame ``t`` shows, drawn in the same order as :func:`render_frame`.
+
+    Returns:
+        ``(h, w)`` int64: ``i + 1`` for ``scene.objects[i]``, 0 for the background.
+    """
+    owner = np.zeros((scene.height, scene.width), dtype=np.int64)
+    ys, xs = np.mgrid[0 : scene.height, 0 : scene.width].astype(np.float32) + 0.5
+    for i, obj in enumerate(scene.objects):
+        if obj.visible(t):
+            cx, cy = obj.centre(t, scene.num_frames)
+            owner[shape_mask(obj.shape, xs - cx * scene.width, ys - cy * scene.height, obj.size * scene.height)] = i + 1
+    return owner
+
+
 def render(scene: Scene, frames: range | list[int] | None = None) -> np.ndarray:
     """``(t, h, w, 3)`` uint8 frames of ``scene`` (all of them, or the given indices)."""
     indices = range(scene.num_frames) if frames is None else frames
