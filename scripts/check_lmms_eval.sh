@@ -10,12 +10,17 @@
 #    each family: one process without and with --apply_chat_template, and 2 processes (torchrun on CPU, gloo),
 #    all with --max_batch_size, and checks the results files (lmms-eval's CLI exits 0 even when it fails).
 # 3. Runs the project's own suite in that environment (LMMS_CHECK_SUITE=0 skips it).
-# Environment: LMMS_CHECK_DIR (work folder, default a new temporary one), TORCH_SPEC, LMMS_CHECK_SUITE.
+# Environment: LMMS_CHECK_DIR (work folder, kept; default a temporary one, removed after a pass), TORCH_SPEC,
+# LMMS_CHECK_SUITE.
 # Needs PyPI; nothing is downloaded at run time (HF_HUB_OFFLINE=1).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
-work=${LMMS_CHECK_DIR:-$(mktemp -d -t lmms-check-XXXXXX)}
+work=${LMMS_CHECK_DIR:-}
+if [ -z "$work" ]; then  # a temporary folder (a few GB): removed after a pass, kept with its logs after a failure
+  work=$(mktemp -d -t lmms-check-XXXXXX)
+  trap 'if [ $? -eq 0 ]; then rm -rf "$work"; else echo "logs and venv kept in $work" >&2; fi' EXIT
+fi
 mkdir -p "$work"
 venv=$work/venv
 start=$SECONDS
