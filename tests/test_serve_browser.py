@@ -30,12 +30,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
     from flash_vstream import load_model
     from flash_vstream.serve.app import ServeConfig, create_app
 
-    out = tmp_path / "star"
+    out = tmp_path_factory.mktemp("tiny") / "star"
     assert cli_main(["make-tiny", "--variant", "star-vicuna", "--out", str(out)]) == 0
     app = create_app(load_model(out), ServeConfig(model_name="tiny", fps=2.0, max_new_tokens=6))
     port = free_port()
