@@ -49,7 +49,7 @@ def add_stream_command(subparsers, *, add_model_arguments: Callable, model_optio
         model_options: the main command's ``model_options(args) -> (family, options)``.
     """
     p = subparsers.add_parser("stream", help="answer questions about a live video stream as it plays")
-    p.add_argument("--model", required=True, help="checkpoint directory or Hub id")
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the built-in demo model)")
     p.add_argument("--source", required=True,
                    help="video file, frame folder, camera:N, /dev/videoN, or a stream URL (rtsp://, http://, ...)")
     p.add_argument("--speed", default="1",
@@ -159,6 +159,11 @@ def _run(args, model_options, stdin, stdout, stderr) -> int:
     if questions is not None and not args.out:
         raise ValueError("--questions needs --out DIR, the folder that receives answers.jsonl")
     family, options = model_options(args)
+    if args.model is None:
+        from flash_vstream.data.demo import demo_model_dir, describe_default
+
+        args.model = str(demo_model_dir())
+        print(describe_default(), file=stderr)
     fps = args.fps if args.fps is not None else _family_fps(args.model, family)
     source = open_source(args.source, speed=speed, fps=fps, stall_timeout=args.stall_timeout,
                          frames_fps=args.frames_fps)
