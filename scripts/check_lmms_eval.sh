@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check the lmms-eval plug-in against the real lmms-eval, in a virtual environment of its own:
-#   bash scripts/check_lmms_eval.sh              # from the repository root or anywhere; ~6 min on 2 CPU cores
+#   bash scripts/check_lmms_eval.sh              # from anywhere; ~5 min on 2 CPU cores, plus the suite
 #
 # 1. Installs the CPU torch (TORCH_SPEC, default torch==2.13.0), then `pip install -e ".[lmms]"` with a constraint
 #    that keeps that torch, and checks the result: same torch, no nvidia-* packages, torchvision absent or
