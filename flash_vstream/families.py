@@ -239,7 +239,8 @@ def family_for_model_type(model_type: str) -> Family:
 
 
 FAMILY_MARKER = "flash_vstream_family"
-"""``config.json`` key naming the family of a checkpoint whose ``model_type`` another family also loads."""
+"""``config.json`` key naming the family of a checkpoint whose ``model_type`` another family also loads (the
+model modules that write it spell it out themselves: this module sits above them)."""
 
 
 def family_for_config(config, requested: str | None = None, where: str = "checkpoint") -> Family:

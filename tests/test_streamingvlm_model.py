@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flash_vstream import load_model
+from flash_vstream import families, load_model
 from flash_vstream.families import family_for_config, load_preset
 from flash_vstream.inference.streamingvlm_cache import pending_inputs
 from flash_vstream.inference.streamingvlm_session import StreamingVLMSessionBackend
+from flash_vstream.model import streamingvlm
 from flash_vstream.model.streamingvlm import (
     StreamingVLMSettings,
     forward_embeds,
@@ -35,6 +36,7 @@ def layouts(tmp_path_factory):
 def test_family_resolution_marker_request_and_default(layouts):
     own, released = layouts
     own_config, released_config = (json.loads((p / "config.json").read_text()) for p in layouts)
+    assert families.FAMILY_MARKER == streamingvlm.FAMILY_MARKER == "flash_vstream_family"
     assert own_config["flash_vstream_family"] == "streamingvlm" and "flash_vstream_family" not in released_config
     assert family_for_config(own_config).name == "streamingvlm"
     assert family_for_config(released_config).name == "flash"  # a plain Qwen2.5-VL is Flash's by default

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from flash_vstream.families import FAMILY_MARKER
 from flash_vstream.model.checkpoints import quiet_load_report
 from flash_vstream.model.qwen2vl_checkpoints import LEGACY_TO_MODULE, checkpoint_keys, uses_legacy_keys
 
@@ -49,6 +48,8 @@ __all__ = [
 ]
 
 FAMILY = "streamingvlm"
+FAMILY_MARKER = "flash_vstream_family"
+"""``config.json`` key of the family marker (``flash_vstream.families.FAMILY_MARKER``, read there)."""
 SETTINGS_KEY = "streamingvlm_settings"
 """``config.json`` key holding the saved :class:`StreamingVLMSettings` (as a dict)."""
 
