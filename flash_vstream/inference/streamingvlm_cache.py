@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Block", "CacheLayout", "Round", "Run", "reposition", "rotate_keys", "text_block", "vision_block"]
+__all__ = ["ROUND_PARTS", "Block", "CacheLayout", "Round", "Run", "compact", "gather_plan", "mark_prefilled",
+           "pending_inputs", "reposition", "rotate_keys", "split_runs", "text_block", "vision_block"]
 
 ROUND_PARTS = ("user_head", "vision", "user_tail", "assistant_head", "assistant_body", "assistant_mark",
                "assistant_tail")
@@ -236,7 +237,7 @@ class CacheLayout:
         """Append text to the previous-text block: into the sink until it is full, the rest to the window."""
         room = len(ids) if self.text_sink is None else max(0, self.text_sink - sink.length)
         room = room if window.length == 0 else 0  # once the window holds text, the sink is closed
-        to_sink, to_window = _split_runs(runs, room)
+        to_sink, to_window = split_runs(runs, room)
         sink.ids, sink.runs = torch.cat([sink.ids, ids[:room]]), sink.runs + to_sink
         window.ids, window.runs = torch.cat([window.ids, ids[room:]]), window.runs + to_window
 
@@ -245,7 +246,7 @@ class CacheLayout:
             return 0
         drop = self.prev_window.length - self.text_window
         self.prev_window.ids = self.prev_window.ids[drop:]
-        _, self.prev_window.runs = _split_runs(self.prev_window.runs, drop)
+        _, self.prev_window.runs = split_runs(self.prev_window.runs, drop)
         return drop
 
 
@@ -258,7 +259,7 @@ def _drop(parts: dict[str, Block], name: str) -> int:
     return 0 if block is None else block.length
 
 
-def _split_runs(runs: list[Run], count: int) -> tuple[list[Run], list[Run]]:
+def split_runs(runs: list[Run], count: int) -> tuple[list[Run], list[Run]]:
     """Runs of the first ``count`` tokens and of the rest (text runs: a cut shifts the base by the tokens cut)."""
     head, tail, left = [], [], count
     for run in runs:

@@ -36,13 +36,14 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 from flash_vstream.inference.kv import cache_nbytes
 from flash_vstream.inference.session_backends import Prompt, Snapshot
 from flash_vstream.inference.streamingvlm_cache import (
+    ROUND_PARTS,
     CacheLayout,
     Round,
     Run,
-    _split_runs,
     mark_prefilled,
     pending_inputs,
     reposition,
+    split_runs,
     text_block,
     vision_block,
 )
@@ -283,7 +284,7 @@ class StreamingVLMSessionBackend:
         if body.length >= n and body.ids[-n:].tolist() == self.mark_ids:  # else the whole turn is commentary
             mark_ids = body.ids[-n:]
             keep = body.length - n
-            head, tail = _split_runs(body.runs, keep)
+            head, tail = split_runs(body.runs, keep)
             body.ids, body.runs = body.ids[:keep], head
             round_.parts["assistant_mark"] = text_block("assistant_mark", mark_ids)
             round_.parts["assistant_mark"].runs = tail
@@ -293,9 +294,7 @@ class StreamingVLMSessionBackend:
 
     @staticmethod
     def _reorder(round_: Round) -> None:
-        order = ("user_head", "vision", "user_tail", "assistant_head", "assistant_body", "assistant_mark",
-                 "assistant_tail")
-        round_.parts = {name: round_.parts[name] for name in order if name in round_.parts}
+        round_.parts = {name: round_.parts[name] for name in ROUND_PARTS if name in round_.parts}
 
     def next_token(self, logits: torch.Tensor, retained: torch.Tensor, *, do_sample: bool | None = None) -> int:
         """The next token from ``(1, V)`` logits: repetition penalty over ``retained``, then temperature sampling.
@@ -303,7 +302,7 @@ class StreamingVLMSessionBackend:
         Vision placeholders (``<|video_pad|>``, ``<|image_pad|>``) are never generated.
         """
         s = self.settings
-        scores = logits.float()  # on the model's device: one small sync per token (the token is fed next)
+        scores = logits.float().clone()  # on the model's device: one small sync per token (the token is fed next)
         scores[..., self.banned] = -torch.inf  # a generated placeholder would have no vision token to carry
         if s.repetition_penalty != 1.0:
             penalty = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)
