@@ -23,7 +23,9 @@ Results go to docs/benchmarks.md by hand, with device, date and command.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -164,6 +166,8 @@ def main() -> None:
                                          device)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            if args.out:  # after every policy, so a run cut short keeps what it measured
+                Path(args.out).write_text(json.dumps(results, indent=2, default=str))
     report(results, args.out)
 
 
