@@ -33,6 +33,7 @@ def test_model_types_and_variants_map_to_their_family():
         "star-qwen2": "star",
         "flash-qwen2vl": "flash",
         "flash-qwen2_5vl": "flash",
+        "streamingvlm": "streamingvlm",
     }
     with pytest.raises(ValueError, match="model_type 'bert'.*supported model types: flash_vstream"):
         family_for_model_type("bert")
@@ -62,7 +63,9 @@ def test_make_tiny_and_load_model_go_through_the_registry(tmp_path, variant):
 
     family = tiny_variants()[variant]
     out = family.resolve("make_tiny")(tmp_path / variant, variant=variant, layout="own", weights_format="bin", seed=1)
-    assert json.loads((out / "config.json").read_text())["model_type"] in family.model_types
+    written = json.loads((out / "config.json").read_text())
+    assert written["model_type"] in family.model_types + family.shared_model_types
+    assert registry.family_for_config(written).name == family.name  # a shared model_type needs the marker
     vs = load_model(out, device="cpu")
     assert vs.family == family.name and vs.model.dtype == torch.float32
     assert vs.sampler.max_frames == family.sampler.max_frames
