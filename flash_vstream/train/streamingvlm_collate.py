@@ -297,6 +297,8 @@ class StreamingVLMDataset(Dataset):
     """
 
     lengths = None
+    may_hold_text_only = False
+    """Every chunk holds a video, so the trainer's text-only check need not read the whole file."""
 
     def __init__(self, chunks: StreamingChunks, encoder: StreamingVLMSampleEncoder):
         self.chunks, self.encoder = chunks, encoder

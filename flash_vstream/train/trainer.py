@@ -186,7 +186,8 @@ def run_training(config: TrainConfig, callbacks: list | tuple = ()) -> RunResult
         # --- model and data ---------------------------------------------------------------------------------
         start = build_start(config.model)
         dataset = build_dataset(config, start)
-        check_zero_data(dataset.samples, args, world_size)
+        if getattr(dataset, "may_hold_text_only", True):  # StreamingVLM chunks all hold a video: no scan
+            check_zero_data(dataset.samples, args, world_size)
         check_zero_model(start, args)
         from flash_vstream.train.collate import collator_for
 
@@ -276,7 +277,10 @@ def _base_model(model):
 
 
 def build_dataset(config: TrainConfig, start: StartPoint):
-    """The ``TrainDataset`` of ``config.data`` for the start model (media the family cannot read are skipped).
+    """The training dataset of ``config.data`` for the start model.
+
+    A family with a ``FamilyTraining.dataset_builder`` builds its own (StreamingVLM: chunk records); every other
+    family gets a ``TrainDataset`` of LLaVA-style rows (media the family cannot read are skipped).
 
     Raises:
         FileNotFoundError: for a missing data file or media root.
@@ -284,7 +288,13 @@ def build_dataset(config: TrainConfig, start: StartPoint):
     """
     from flash_vstream.train.dataset import TrainDataset, sample_encoder_for
     from flash_vstream.train.mixture import load_mixture
+    from flash_vstream.train.start import resolve_target
 
+    builder = FAMILY_TRAINING[start.family].dataset_builder
+    if builder is not None:  # a family whose data are not LLaVA-style rows (StreamingVLM's chunk files)
+        dataset = resolve_target(builder)(config, start)
+        print0(f"train: data {config.data.data}: {len(dataset)} sample(s) ({start.family} family)")
+        return dataset
     data = config.data
     max_length = data.max_length or FAMILY_TRAINING[start.family].max_length
     encoder = sample_encoder_for(_base_model(start.model), start.tokenizer, max_length=max_length)

@@ -95,11 +95,6 @@ def test_output_loads_back(run, family):
         assert torch.equal(value, trained[name]), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flash_vstream.train.trainer.build_dataset does not yet call FamilyTraining.dataset_builder; remove this "
-    "marker once it does",
-)
 def test_through_run_training(tiny, tmp_path):
     result = run_training(debug_config(tiny, tmp_path, "training.max_steps=2"))
     assert result.family == "streamingvlm" and result.global_step == 2
