@@ -151,6 +151,11 @@ class ModelArgs:
 
     start: str | None = None
     """Checkpoint folder (or Hub id) to start from."""
+    family: str | None = None
+    """Model family the ``start`` checkpoint is loaded as (``star``, ``flash``, ``streamingvlm``). ``None``: the
+    checkpoint's own (its ``flash_vstream_family`` marker, else its ``model_type``). Needed only where a
+    ``model_type`` is shared: ``streamingvlm`` starts from a plain Qwen2.5-VL-Instruct folder, which is otherwise
+    the Flash family's. The trained model's ``config.json`` carries the family, so it loads as that family."""
     llm: str | None = None
     """A pretrained causal LM folder (with its tokenizer), e.g. Vicuna-7B; needs ``vision_tower``."""
     vision_tower: str | None = None
@@ -192,6 +197,17 @@ class ModelArgs:
             raise ConfigError(
                 "no start point: set model.start (a checkpoint folder) or both model.llm and model.vision_tower"
             )
+        if self.family is not None:
+            from flash_vstream.families import families  # the registry module: no heavy imports
+
+            known = sorted(families())
+            if self.family not in known:
+                raise ConfigError(f"model.family must be one of {known}, got {self.family!r}")
+            if from_parts and self.family != "star":
+                raise ConfigError(
+                    f"model.family {self.family!r} cannot start from model.llm + model.vision_tower, which build a "
+                    "STAR model; set model.start to a checkpoint folder"
+                )
         if not from_parts and self.memory:
             raise ConfigError("model.memory only applies to a model built from model.llm + model.vision_tower")
         if self.dtype not in DTYPES:

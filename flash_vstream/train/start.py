@@ -3,7 +3,8 @@
 Three ways in, all ending in a family model whose config declares what trains:
 
 - ``model.start``: any folder ``load_model`` loads (a released checkpoint, a stage-1 output of this trainer, a plain
-  Qwen2-VL/Qwen2.5-VL-Instruct folder, a ``make-tiny`` folder); the family comes from its ``model_type``.
+  Qwen2-VL/Qwen2.5-VL-Instruct folder, a ``make-tiny`` folder); the family is ``model.family`` when set, else
+  the checkpoint's own (its ``flash_vstream_family`` marker, else its ``model_type``).
 - ``model.llm`` + ``model.vision_tower``: a plain causal LM (Vicuna-7B, Qwen2, ...) and a CLIP vision tower,
   joined into a new STAR model. Its config is built here from the two folders' own configs, so nothing needs to be
   added to the LLM's ``config.json`` first; the projector and the memory are new (initialised with the seed), every
@@ -108,13 +109,16 @@ def build_start(args: ModelArgs, *, with_lora: bool = True) -> StartPoint:
         ConfigError: for a template, flag or LoRA setting the family does not have.
         ValueError: for a checkpoint that does not load strictly.
     """
-    from flash_vstream.families import family_for_config
+    from flash_vstream.families import FAMILY_MARKER, family_for_config
 
     if args.start is not None:
         model, tokenizer = _load_checkpoint(args)
     else:
         model, tokenizer = _build_from_parts(args)
-    family = family_for_config(model.config).name
+    found = family_for_config(model.config, args.family, where=str(args.start or args.llm))
+    family = found.name
+    if model.config.model_type not in found.model_types:  # a shared model_type: the saved model says whose it is
+        setattr(model.config, FAMILY_MARKER, family)
     _set_template(model, family, args.template)
     _set_trainable(model, args.trainable_overrides(), FAMILY_TRAINING[family].apply_trainable)
     if args.attn_implementation is not None:
@@ -129,7 +133,7 @@ def build_start(args: ModelArgs, *, with_lora: bool = True) -> StartPoint:
 def _load_checkpoint(args: ModelArgs):
     from flash_vstream.inference.pipeline import load_model
 
-    loaded = load_model(args.start, device="cpu", dtype=args.dtype, **args.options)
+    loaded = load_model(args.start, device="cpu", dtype=args.dtype, family=args.family, **args.options)
     return loaded.model.train(), loaded.tokenizer
 
 

@@ -98,3 +98,23 @@ def test_output_loads_back(run, family):
 def test_through_run_training(tiny, tmp_path):
     result = run_training(debug_config(tiny, tmp_path, "training.max_steps=2"))
     assert result.family == "streamingvlm" and result.global_step == 2
+
+
+def test_model_family_starts_from_a_plain_qwen2_5_vl_folder(tmp_path):
+    """A plain Qwen2.5-VL folder (no marker) is the Flash family's unless ``model.family`` names StreamingVLM; the
+    trained model carries the marker, so it loads (and streams) as StreamingVLM without being told."""
+    import json
+
+    from flash_vstream.families import FAMILY_MARKER, family_for_config
+
+    plain = make_tiny_streamingvlm(tmp_path / "plain", layout="released")
+    raw = json.loads((plain / "config.json").read_text())
+    assert FAMILY_MARKER not in raw and family_for_config(raw).name == "flash"
+    small = ["model.options.min_pixels=3136", "model.options.max_pixels=12544"]  # the own tiny layout's frames
+    out = tmp_path / "run"
+    result = run_training(debug_config(plain, out, "model.family=streamingvlm", "training.max_steps=2", *small))
+    assert result.family == "streamingvlm" and result.model_dir == out
+    saved = json.loads((out / "config.json").read_text())
+    assert saved[FAMILY_MARKER] == "streamingvlm" and family_for_config(saved).name == "streamingvlm"
+    loaded = load_model(out, device="cpu", dtype="float32")
+    assert loaded.family == "streamingvlm"

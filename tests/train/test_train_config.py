@@ -80,6 +80,7 @@ def test_base_files_merge_and_cycles_are_named(tmp_path):
         ("data.strict=maybe", r"data\.strict must be bool"),
         ("training.lr_scheduler_type=wavy", r"training: .*wavy"),
         ("resume=3", r"resume must be a string"),
+        ("model.family=qwen", r"model\.family must be one of \['flash', 'star', 'streamingvlm'\], got 'qwen'"),
     ],
 )
 def test_bad_keys_and_values_are_named(minimal, override, message):
@@ -106,6 +107,10 @@ def test_start_point_rules():
         ModelArgs(start="ckpt", memory={"temporal_clusters": 5})
     with pytest.raises(ConfigError, match="model.decoder_trainable cannot be combined with model.lora.enabled"):
         ModelArgs(start="ckpt", decoder_trainable=False, lora={"enabled": True})
+    assert ModelArgs(start="ckpt", family="streamingvlm").family == "streamingvlm"
+    assert ModelArgs(llm="vicuna", vision_tower="clip", family="star").family == "star"
+    with pytest.raises(ConfigError, match="model.family 'flash' cannot start from model.llm"):
+        ModelArgs(llm="vicuna", vision_tower="clip", family="flash")
 
 
 def test_required_fields(tmp_path):
