@@ -19,7 +19,7 @@ __all__ = ["add_make_data_command"]
 
 def add_make_data_command(sub) -> None:
     """Register ``make-data`` and its subcommands on the ``flash-vstream`` subparsers."""
-    from flash_vstream.data.synthetic import KINDS, SHORT_KINDS, SPLITS
+    from flash_vstream.data.spec import KINDS, SHORT_KINDS, SPLITS
 
     parser = sub.add_parser("make-data", help="write synthetic video-QA data or the demo model's start point")
     kinds = parser.add_subparsers(dest="make_data", required=True)

@@ -42,11 +42,11 @@ from flash_vstream.data.scenes import (
     Scene,
     SceneObject,
 )
+from flash_vstream.data.spec import KINDS, SHORT_KINDS, SPLITS
 
-SPLITS = {"train": 0, "heldout": 2**31}
-"""Scene-seed offset of each split (see the module docstring)."""
-SHORT_KINDS = ("colour", "shape", "motion", "count", "order", "event")
-KINDS = (*SHORT_KINDS, "needle")
+__all__ = ["KINDS", "SHORT_KINDS", "SPLITS", "Question", "SyntheticSample", "make_question", "make_sample",
+           "make_samples", "scene_seed", "vocabulary", "write_dataset"]
+
 FORMS = ("short", "choice")
 LETTERS = "ABCD"
 MAX_INDEX = 1_000_003
