@@ -10,7 +10,9 @@ maximum length; ``--json`` prints the same report as one JSON object. The exit c
 
 Without ``--model`` the published defaults of ``--family`` are used and text is counted with the words estimate;
 with ``--model DIR`` the visual budget comes from the checkpoint's ``config.json`` and text is counted by its
-tokenizer (no weights are read).
+tokenizer (no weights are read). For a StreamingVLM checkpoint (its ``flash_vstream_family`` marker) ``--data`` is
+a chunk file (``data build-streamingvlm``) and every chunk's length is exact: its per-second layout tokenized,
+with the vision tokens of its video's frame size (read from the container, no frame decoded).
 
 Only the standard library is imported here; the command's work imports the rest when it runs, so
 ``flash-vstream --help`` stays instant. :func:`add_data_commands` registers the commands on the CLI.
@@ -69,17 +71,112 @@ def run_data_check(args: argparse.Namespace) -> int:
         ValueError: for a bad flag value or (``--strict``) the first unusable row.
         FileNotFoundError: for a missing data file, media root or checkpoint.
     """
-    budget = _budget(args)
-    max_length = args.max_length if args.max_length is not None else _default_max_length(budget.family)
-    if max_length < 1:
-        raise ValueError(f"--max-length must be >= 1, got {max_length}")
     if args.issues < 0:
         raise ValueError(f"--issues must be >= 0, got {args.issues}")
-    report = check_data(
-        args.data, args.media_root, budget, max_length=max_length, strict=args.strict, max_issues=args.issues
-    )
+    if args.max_length is not None and args.max_length < 1:
+        raise ValueError(f"--max-length must be >= 1, got {args.max_length}")
+    if args.model is not None and _model_family(args.model) == "streamingvlm":
+        report = _check_streamingvlm(args)
+    else:
+        budget = _budget(args)
+        max_length = args.max_length if args.max_length is not None else _default_max_length(budget.family)
+        report = check_data(
+            args.data, args.media_root, budget, max_length=max_length, strict=args.strict, max_issues=args.issues
+        )
     print(json.dumps(report, ensure_ascii=False) if args.json else render_report(report))
     return 0
+
+
+def _model_family(model: str) -> str:
+    from flash_vstream.train.lengths import checkpoint_family
+
+    return checkpoint_family(model)
+
+
+def _check_streamingvlm(args: argparse.Namespace) -> dict:
+    """The report of a StreamingVLM chunk file for ``--model`` (exact lengths: its tokenizer and frame sizes)."""
+    from flash_vstream.train.start import FAMILY_TRAINING
+    from flash_vstream.train.streamingvlm_collate import StreamingVLMSampleEncoder
+
+    for flag, value, allowed in (("--family", args.family, None), ("--template", args.template, "chat_template")):
+        if value is not None and value != allowed:
+            raise ValueError(f"{flag} {value} contradicts --model {args.model}, a streamingvlm checkpoint")
+    if args.no_tokenizer:
+        raise ValueError("--no-tokenizer does not apply to a StreamingVLM checkpoint: its chunks are counted exactly")
+    max_length = args.max_length or FAMILY_TRAINING["streamingvlm"].max_length
+    encoder = StreamingVLMSampleEncoder.for_checkpoint(args.model, max_length=max_length)
+    return check_chunks(args.data, args.media_root, encoder, strict=args.strict, max_issues=args.issues)
+
+
+def check_chunks(data, media_root, encoder, *, strict: bool = False, max_issues: int = 10) -> dict:
+    """The ``data check`` report (the :func:`check_data` shape) of a StreamingVLM chunk file.
+
+    Every record is parsed and its exact token count taken (``encoder.length``: the tokenizer and each video's
+    frame size from its container; no frame is decoded). Records that cannot be trained on are skipped by reason:
+    ``malformed`` (not a chunk record, or a chunk past its video's end), ``missing_media``, ``unreadable_media``.
+
+    Args:
+        data: a chunk JSONL file (``flash-vstream data build-streamingvlm``).
+        media_root: the folder its video paths start in.
+        encoder: a :class:`~flash_vstream.train.streamingvlm_collate.StreamingVLMSampleEncoder`.
+        strict: raise on the first unusable record.
+        max_issues: issue lines kept.
+
+    Raises:
+        FileNotFoundError: for a missing file or media root.
+        ValueError: (``DataError``) with ``strict``, the first unusable record.
+    """
+    from pathlib import Path
+
+    from flash_vstream.train.data import DataError, MissingMediaError
+    from flash_vstream.train.dataset import SampleError
+    from flash_vstream.train.streamingvlm_data import StreamingChunks
+    from flash_vstream.video.errors import VideoError
+
+    if str(data).endswith((".yaml", ".yml")):
+        raise ValueError(f"--data {data}: a StreamingVLM checkpoint trains on one chunk JSONL file, not a mixture")
+    chunks = StreamingChunks(data, media_root)
+    lengths, skipped, issues = [], {}, []
+    for i in range(len(chunks)):
+        try:
+            lengths.append(encoder.length(chunks[i]))
+            continue
+        except MissingMediaError as err:
+            reason, message = "missing_media", str(err)
+        except (DataError, SampleError) as err:
+            reason, message = "malformed", str(err)
+        except VideoError as err:
+            reason, message = "unreadable_media", f"{chunks.index[i][0]}:{chunks.index[i][2]}: {err}"
+        if strict:
+            raise DataError(message)
+        skipped[reason] = skipped.get(reason, 0) + 1
+        issues.append(message)
+    rows, usable = len(chunks), len(lengths)
+    source = {
+        "name": Path(data).name,
+        "path": str(data),
+        "strategy": "all",
+        "rows": rows,
+        "usable": usable,
+        "selected": usable,
+        "shortfall": 0,
+        "skipped": dict(sorted(skipped.items())),
+        **_length_report(lengths, encoder.max_length),
+        "issues": issues[:max_issues],
+        "issues_total": len(issues),
+    }
+    total = {key: source[key] for key in ("rows", "usable", "selected", "shortfall", "skipped")}
+    total.update(_length_report(lengths, encoder.max_length))
+    return {
+        "data": str(data),
+        "media_root": str(media_root),
+        "family": "streamingvlm",
+        "template": "per-second chunks",
+        "text_counter": "tokenizer",
+        "max_length": encoder.max_length,
+        "sources": [source],
+        "total": total,
+    }
 
 
 def _default_max_length(family: str) -> int:

@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from flash_vstream.families import SamplerPreset, family_for_model_type, get_family
+from flash_vstream.families import SamplerPreset, family_for_config, get_family
 from flash_vstream.train.data import FEATURE_KEY, DataError, Media, Sample
 from flash_vstream.train.lengths import FlashBudget, LengthBudget, StarBudget, TextEstimate, estimate_lengths
 from flash_vstream.train.templates import (
@@ -365,7 +365,7 @@ class FlashSampleEncoder(SampleEncoder):
 def sample_encoder_for(
     model, tokenizer, *, template: str | None = None, max_length: int, sampler: SamplerPreset | None = None
 ) -> SampleEncoder:
-    """The sample encoder of ``model``'s family (chosen by ``model.config.model_type``).
+    """The sample encoder of ``model``'s family (its config's family marker, else its ``model_type``).
 
     The encoder keeps no reference to the model (DataLoader workers copy it), only what it needs from its config.
 
@@ -378,10 +378,16 @@ def sample_encoder_for(
         sampler: frame sampling of videos and frame folders; default the family's preset.
 
     Raises:
-        ValueError: for an unsupported model type, a template the family does not train with, a bad
+        ValueError: for an unsupported model type or a StreamingVLM model (chunk records have their own
+            encoder), a template the family does not train with, a bad
             ``max_length``, or a tokenizer that does not match the model.
     """
-    family = family_for_model_type(model.config.model_type).name
+    family = family_for_config(model.config).name
+    if family == "streamingvlm":
+        raise ValueError(
+            "a StreamingVLM model trains on chunk records, not LLaVA-style rows: build its dataset with "
+            "flash_vstream.train.streamingvlm_collate.build_streamingvlm_dataset (flash-vstream train does)"
+        )
     if family == "star":
         return StarSampleEncoder(model.config, tokenizer, template=template, max_length=max_length, sampler=sampler)
     if template not in (None, "chat_template"):

@@ -274,12 +274,12 @@ def read_star_config(path: Path):
         FileNotFoundError: without a ``config.json``.
         ValueError: for a checkpoint of another family, naming it.
     """
-    from flash_vstream.families import family_for_model_type
+    from flash_vstream.families import family_for_config
     from flash_vstream.model.checkpoints import read_star_config as read_config
-    from flash_vstream.model.loading import read_model_type
+    from flash_vstream.model.loading import read_checkpoint_config
 
-    model_type = read_model_type(path)
-    family = family_for_model_type(model_type)
+    raw = read_checkpoint_config(path)
+    model_type, family = raw["model_type"], family_for_config(raw, where=str(path))
     if family.name != "star":
         raise ValueError(
             f"--model {path} is a {family.name}-family checkpoint (model_type {model_type!r}); extract-features "

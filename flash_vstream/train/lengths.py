@@ -40,7 +40,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from flash_vstream.families import SamplerPreset, family_for_model_type, get_family
+from flash_vstream.families import SamplerPreset, get_family
 from flash_vstream.inference.prompts import VICUNA_SYSTEM
 from flash_vstream.memory.flash import FlashMemory, FlashMemoryConfig
 from flash_vstream.memory.star import StarMemory, StarMemoryConfig
@@ -59,6 +59,7 @@ __all__ = [
     "TokenizerCounter",
     "WordCounter",
     "budget_for_checkpoint",
+    "checkpoint_family",
     "default_budget",
     "estimate_length",
     "estimate_lengths",
@@ -465,13 +466,32 @@ def _check_template(family: str, template: str | None) -> str:
     return template
 
 
+def checkpoint_family(path: str | Path) -> str:
+    """The family (registry name) of a local checkpoint folder, from its ``config.json`` alone.
+
+    Its ``flash_vstream_family`` marker decides, else its ``model_type``: a marked StreamingVLM checkpoint is not
+    the Flash family's.
+
+    Raises:
+        FileNotFoundError: when ``path`` is not a folder with a ``config.json``.
+        ValueError: for a config no family reads.
+    """
+    from flash_vstream.families import family_for_config
+    from flash_vstream.model.loading import read_checkpoint_config
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {path} is not a folder; data check reads a local checkpoint's config.json")
+    return family_for_config(read_checkpoint_config(path), where=str(path)).name
+
+
 def budget_for_checkpoint(
     path: str | Path, template: str | None = None, *, use_tokenizer: bool = True, probe_videos: bool = False
 ) -> LengthBudget:
     """The budget of a local checkpoint folder, from its ``config.json`` and tokenizer (no weights are read).
 
     Args:
-        path: checkpoint folder of any family.
+        path: checkpoint folder of a family that trains on LLaVA-style rows (STAR, Flash).
         template: conversation template; default: the checkpoint's (STAR ``conv_template``; Flash
             ``chat_template``).
         use_tokenizer: count text with the checkpoint's tokenizer (else the words estimate).
@@ -479,16 +499,18 @@ def budget_for_checkpoint(
 
     Raises:
         FileNotFoundError: when ``path`` is not a folder with a ``config.json``.
-        ValueError: for a config no family reads, a bad template, or a missing tokenizer.
+        ValueError: for a config no family reads, a family without such a budget (StreamingVLM), a bad template,
+            or a missing tokenizer.
     """
-    from flash_vstream.model.loading import read_model_type
-
+    family = checkpoint_family(path)
+    if family not in _CHECKPOINT_BUDGETS:
+        raise ValueError(
+            f"--model {path} is a {family}-family checkpoint, which trains on its own records, not LLaVA-style rows "
+            "(StreamingVLM: chunk files; flash-vstream data check --model reports their lengths)"
+        )
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--model {path} is not a folder; data check reads a local checkpoint's config.json")
-    family = family_for_model_type(read_model_type(path))
-    visual, own_template = _CHECKPOINT_BUDGETS[family.name](path, probe_videos)
-    template = _check_template(family.name, template or own_template)
+    visual, own_template = _CHECKPOINT_BUDGETS[family](path, probe_videos)
+    template = _check_template(family, template or own_template)
     tokenizer = _load_tokenizer(path) if use_tokenizer else None
     return LengthBudget(visual, TextEstimate.for_template(template, tokenizer))
 

@@ -201,12 +201,29 @@ class StreamingVLMSampleEncoder:
         for token in ("<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>", "<|im_end|>"):
             if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
                 raise ValueError(f"the tokenizer has no {token} token; use the checkpoint's Qwen-VL tokenizer")
-        self._probes: dict[Path, tuple[float, int]] = {}
+        self._probes: dict[Path, object] = {}  # video -> VideoInfo
 
     @classmethod
     def for_model(cls, model, tokenizer, *, max_length: int = 32768) -> StreamingVLMSampleEncoder:
         """The encoder of a Qwen2.5-VL model, with the format saved in its config."""
         return cls(tokenizer, model.config.vision_config, StreamFormat.for_config(model.config), max_length=max_length)
+
+    @classmethod
+    def for_checkpoint(cls, path: str | Path, *, max_length: int = 32768) -> StreamingVLMSampleEncoder:
+        """The encoder of a checkpoint folder, from its ``config.json`` and tokenizer (no weights are read).
+
+        Raises:
+            ValueError: for a config that is not Qwen2.5-VL's, or a folder without a loadable tokenizer.
+        """
+        from transformers import AutoTokenizer, Qwen2_5_VLConfig
+
+        config = Qwen2_5_VLConfig.from_pretrained(str(path))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path} holds no loadable tokenizer ({reason}); save it beside the weights") from None
+        return cls(tokenizer, config.vision_config, StreamFormat.for_config(config), max_length=max_length)
 
     def __call__(self, record: ChunkRecord) -> dict[str, torch.Tensor]:
         """The tensors of ``record``.
@@ -222,19 +239,44 @@ class StreamingVLMSampleEncoder:
         except ValueError as err:  # VideoError and friends: name the record
             raise SampleError(f"{record.where}: {err}") from err
 
-    def frames(self, record: ChunkRecord):
-        """``(R * fps, H, W, 3)`` uint8: the first frame at or after every ``video_start + j / fps``."""
-        from flash_vstream.video.reader import probe_video, read_video
+    def probe(self, record: ChunkRecord):
+        """The ``VideoInfo`` of ``record``'s video (container metadata, cached per video).
+
+        Raises:
+            SampleError: when the chunk ends after the video does.
+            VideoError: for a video whose container cannot be read.
+        """
+        from flash_vstream.video.reader import probe_video
 
         if record.video not in self._probes:
-            info = probe_video(record.video)
-            self._probes[record.video] = (info.fps, info.num_frames)
-        native, total = self._probes[record.video]
-        if record.end > total / native + 1e-6:
+            self._probes[record.video] = probe_video(record.video)
+        info = self._probes[record.video]
+        if record.end > info.num_frames / info.fps + 1e-6:
             raise SampleError(
-                f"{record.where}: the chunk ends at {record.end} s but {record.video} holds {total / native:.2f} s; "
-                "rebuild the chunks with the game's real duration"
+                f"{record.where}: the chunk ends at {record.end} s but {record.video} holds "
+                f"{info.num_frames / info.fps:.2f} s; rebuild the chunks with the game's real duration"
             )
+        return info
+
+    def length(self, record: ChunkRecord) -> int:
+        """Tokens of ``record``'s sample, ``len(self(record)["input_ids"])``, with no frame decoded.
+
+        Raises:
+            SampleError: when the chunk ends after the video does.
+            VideoError: for a video whose container cannot be read.
+        """
+        info = self.probe(record)
+        _, h, w = self.processor.grid_thw(self.temporal, info.height, info.width)
+        per_second = h * w // (self.merge * self.merge)
+        conversation = render_chunk(record, self.fmt, per_second, self.previous_text(record.previous))
+        return len(tokenize_pieces(self.tokenizer, conversation)[0])
+
+    def frames(self, record: ChunkRecord):
+        """``(R * fps, H, W, 3)`` uint8: the first frame at or after every ``video_start + j / fps``."""
+        from flash_vstream.video.reader import read_video
+
+        info = self.probe(record)
+        native, total = info.fps, info.num_frames
         count = round((record.end - record.start) * self.fmt.fps)
         times = [record.start + j / self.fmt.fps for j in range(count)]
         indices = [min(math.ceil(t * native - 1e-6), total - 1) for t in times]
