@@ -257,3 +257,30 @@ def test_open_source_dispatch_and_bad_settings(tmp_path):
         open_source(str(tmp_path / "nothing"))
     with pytest.raises(ValueError, match="speed must be a positive number"):
         VideoFileSource(SAMPLE, speed=0)
+
+
+def test_close_races_the_first_frame_without_error():
+    """``close`` from another thread while the consumer starts the reader: never a join of an unstarted thread."""
+
+    def endless():
+        while True:
+            yield np.zeros((4, 4, 3), np.uint8)
+
+    for _ in range(50):
+        source = ArraySource(endless(), fps=1000.0)
+        errors = []
+        closer = threading.Thread(target=_record, args=(errors, source.close))
+        closer.start()
+        _record(errors, lambda s=source: [next(s) for _ in range(3)])
+        closer.join()
+        assert errors == [] and source.end.reason == "stopped"
+    source = ArraySource(endless())
+    source.close()  # before any frame: nothing starts afterwards
+    assert list(source) == [] and source._thread is None
+
+
+def _record(errors: list, call) -> None:
+    try:
+        call()
+    except Exception as err:  # noqa: BLE001 - the test asserts there was none
+        errors.append(err)

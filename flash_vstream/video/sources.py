@@ -121,6 +121,7 @@ class FrameSource:
         self._queue: queue.Queue = queue.Queue(maxsize=_LOOKAHEAD)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()  # the reader starts and close() looks at it one at a time
         self._reading_since: float | None = None  # monotonic time the reader started waiting on the source
         self._producer_end: tuple[str, str] | None = None
 
@@ -144,8 +145,13 @@ class FrameSource:
         if self.end is not None:
             raise StopIteration
         if self._thread is None:
-            self._thread = threading.Thread(target=self._produce, name=f"source:{self.name}", daemon=True)
-            self._thread.start()
+            with self._thread_lock:
+                if self._thread is None and self.end is None:
+                    thread = threading.Thread(target=self._produce, name=f"source:{self.name}", daemon=True)
+                    thread.start()
+                    self._thread = thread
+            if self._thread is None:  # closed meanwhile
+                raise StopIteration
         while True:
             try:
                 item = self._queue.get(timeout=_POLL)
@@ -172,12 +178,14 @@ class FrameSource:
         if self.end is None:
             self._finish("stopped", "closed by the consumer")
         self._stop.set()
-        if self._thread is None:
+        with self._thread_lock:  # a consumer starting the reader right now has finished starting it
+            thread = self._thread
+        if thread is None:
             self._release()
-        elif self._thread is not threading.current_thread():
+        elif thread is not threading.current_thread():
             # Let the reader release its container before we return: a decoder torn down by interpreter exit
             # can abort the process. Bounded, since a live source may sit in a blocking read.
-            self._thread.join(timeout=CLOSE_JOIN_SECONDS)
+            thread.join(timeout=CLOSE_JOIN_SECONDS)
 
     def __enter__(self) -> FrameSource:
         return self
