@@ -1,6 +1,7 @@
 """Live frame sources: the sample video at every speed, truncated and corrupt copies, frame folders, a local HTTP
 server that drops or stalls the connection mid-way, and Python iterators."""
 
+import itertools
 import socket
 import threading
 import time
@@ -271,7 +272,7 @@ def test_close_races_the_first_frame_without_error():
         errors = []
         closer = threading.Thread(target=_record, args=(errors, source.close))
         closer.start()
-        _record(errors, lambda s=source: [next(s) for _ in range(3)])
+        _record(errors, lambda s=source: list(itertools.islice(s, 3)))  # stops early once closed
         closer.join()
         assert errors == [] and source.end.reason == "stopped"
     source = ArraySource(endless())
