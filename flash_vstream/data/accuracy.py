@@ -15,6 +15,8 @@ from flash_vstream.data.scenes import render
 from flash_vstream.data.synthetic import SHORT_KINDS, Question, make_samples
 
 ATTRIBUTE_KINDS = ("colour", "shape", "motion")
+EVAL_KINDS = (*ATTRIBUTE_KINDS, "count", "order", "event")
+"""The kinds the demo model's accuracy is measured on (every short-clip kind)."""
 
 
 def normalise(text: str) -> str:

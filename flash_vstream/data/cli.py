@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def add_make_data_command(sub) -> None:
     ship.add_argument("--seed", type=int, required=True, help="the seed the run was made with (recorded)")
     ship.add_argument("--command", action="append", default=[], dest="commands",
                       help="a command of the recipe, repeatable, in order (recorded)")
+    ship.add_argument("--eval-seed", type=int, default=20261201,
+                      help="seed of the held-out questions whose accuracy is recorded (default 20261201)")
+    ship.add_argument("--eval-n", type=int, default=600, help="held-out questions asked (default 600)")
     ship.set_defaults(func=run_demo_ship)
 
 
@@ -72,9 +76,16 @@ def run_demo_start(args: argparse.Namespace) -> int:
 
 
 def run_demo_ship(args: argparse.Namespace) -> int:
+    from flash_vstream.data.accuracy import EVAL_KINDS, evaluate
     from flash_vstream.data.demo import ship_demo
+    from flash_vstream.inference.pipeline import load_model
 
     commands = args.commands or [" ".join(["flash-vstream", *sys.argv[1:]])]
-    manifest = ship_demo(Path(args.run), Path(args.out), commands=commands, seed=args.seed)
+    model = load_model(args.run, device="cpu", dtype="float32", decode="eager")
+    accuracy = evaluate(model, seed=args.eval_seed, n=args.eval_n, kinds=EVAL_KINDS)
+    extra = {"heldout": {"seed": args.eval_seed, "n": args.eval_n, "kinds": list(EVAL_KINDS),
+                         "accuracy": accuracy.table()}}
+    manifest = ship_demo(Path(args.run), Path(args.out), commands=commands, seed=args.seed, extra=extra)
+    print(json.dumps(accuracy.table()))
     print(f"wrote {manifest}")
     return 0
