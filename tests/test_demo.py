@@ -69,9 +69,14 @@ def accuracy(demo):
 
 
 def test_shipped_model_accuracy_is_what_the_manifest_records(accuracy):
-    """Regression guard: every kind scores what it scored when shipped (the same questions, greedy decoding)."""
+    """Regression guard: every kind scores what it scored when shipped (the same questions, greedy decoding), to
+    within two answers of 100 (another CPU's float rounding can flip a near tie)."""
     result, recorded = accuracy
-    assert result.table() == recorded
+    table = result.table()
+    assert sorted(table) == sorted(recorded)
+    for kind, row in table.items():
+        assert row["asked"] == recorded[kind]["asked"]
+        assert abs(row["right"] - recorded[kind]["right"]) <= 0.02 * row["asked"], (kind, row, recorded[kind])
 
 
 TARGETS_MISSED = (
