@@ -161,3 +161,17 @@ def test_flash_family_streams_through_the_app(tmp_path):
     times = [round(float(t), 3) for t in clip.timestamps]
     assert [c["seconds"] for c in timeline["clusters"]] == [times[0], times[2], times[4]]
     assert [f["frame"] for f in timeline["retrieved"]] == [0, 2, 4]
+
+
+def test_serve_without_a_model_serves_the_demo_model(monkeypatch, capsys):
+    import uvicorn
+
+    from flash_vstream.data.demo import describe_default
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    assert cli_main(["serve", "--port", "8123"]) == 0
+    err = capsys.readouterr().err
+    assert describe_default() in err and "on http://127.0.0.1:8123/" in err
+    assert served["host"] == "127.0.0.1" and served["port"] == 8123
+    assert TestClient(served["app"]).get("/").status_code == 200

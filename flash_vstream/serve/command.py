@@ -1,6 +1,6 @@
 """The ``flash-vstream serve`` command: load a model, serve the web page of :mod:`flash_vstream.serve.app`.
 
-    flash-vstream serve --model M [--host 127.0.0.1] [--port 8000] [--max-sessions 4] [--max-upload-mb 8]
+    flash-vstream serve [--model M] [--host 127.0.0.1] [--port 8000] [--max-sessions 4] [--max-upload-mb 8]
         [--fps 1] [--frame-side 448] [--max-new-tokens 32] [--idle-minutes 10] [--device D] [--dtype T] ...
 
 It binds to 127.0.0.1 (this machine only) unless ``--host`` says otherwise. Only the standard library is imported
@@ -26,7 +26,7 @@ def add_serve_command(subparsers, *, add_model_arguments: Callable, model_option
     """
     p = subparsers.add_parser("serve", help="a local web page: play a video or the webcam into a model's memory and "
                                             "ask questions about it as it plays")
-    p.add_argument("--model", required=True, help="checkpoint directory or Hub id")
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the built-in demo model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-sessions", type=int, default=4, help="most browser tabs streaming at once (default 4)")
@@ -52,6 +52,11 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.model is None:
+        from flash_vstream.data.demo import demo_model_dir, describe_default
+
+        args.model = str(demo_model_dir())
+        print(describe_default(), file=sys.stderr)
     config = ServeConfig(max_sessions=args.max_sessions, max_upload_mb=args.max_upload_mb, fps=args.fps,
                          frame_side=args.frame_side, max_new_tokens=args.max_new_tokens,
                          idle_seconds=args.idle_minutes * 60, model_name=str(args.model))
