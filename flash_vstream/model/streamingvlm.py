@@ -308,23 +308,16 @@ def make_tiny_streamingvlm(out_dir: str | Path, variant: str = FAMILY, *, layout
         ValueError: for an unknown variant, layout or weights format.
     """
     from flash_vstream.model.qwen2vl_checkpoints import to_published_state_dict
-    from flash_vstream.model.tiny_qwen2vl import released_config_dict, write_weights
+    from flash_vstream.model.tiny_qwen2vl import prepare_tiny_dir, released_config_dict, write_weights
     from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer
 
     if variant != FAMILY:
         raise ValueError(f"unknown tiny StreamingVLM variant {variant!r}; the variant is {FAMILY!r}")
-    if layout not in ("own", "released"):
-        raise ValueError(f"layout must be 'own' or 'released', got {layout!r}")
-    if weights_format not in ("safetensors", "bin"):
-        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_tiny_dir(out_dir, layout, weights_format)
     tokenizer = build_tiny_tokenizer("chatml")
     config = tiny_streamingvlm_config(tokenizer, num_hidden_layers=num_hidden_layers)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    for stale in [*out.glob("*.safetensors"), *out.glob("*.bin"), *out.glob("*.index.json")]:
-        stale.unlink()
     state = {key: value.contiguous() for key, value in model.state_dict().items()}
     if layout == "own":
         write_weights(out, state, weights_format, max_shard_bytes=100_000)

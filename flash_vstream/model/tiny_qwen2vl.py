@@ -117,6 +117,25 @@ def tiny_flash_config(tokenizer=None, *, variant: str = "flash-qwen2vl", **memor
     )
 
 
+def prepare_tiny_dir(out_dir: str | Path, layout: str, weights_format: str) -> Path:
+    """Check a tiny checkpoint's layout and weights format, create ``out_dir`` and clear earlier weights from it.
+
+    Weights of an earlier run left in the directory would otherwise be loaded with the new ones.
+
+    Raises:
+        ValueError: for an unknown layout or weights format.
+    """
+    if layout not in ("own", "released"):
+        raise ValueError(f"layout must be 'own' or 'released', got {layout!r}")
+    if weights_format not in ("safetensors", "bin"):
+        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.safetensors"), *out.glob("*.bin"), *out.glob("*.index.json")]:
+        stale.unlink()
+    return out
+
+
 def make_tiny_flash(
     out_dir: str | Path,
     variant: str = "flash-qwen2vl",
@@ -143,18 +162,11 @@ def make_tiny_flash(
         ValueError: for an unknown variant, layout or weights format.
     """
     _check_variant(variant)
-    if layout not in ("own", "released"):
-        raise ValueError(f"layout must be 'own' or 'released', got {layout!r}")
-    if weights_format not in ("safetensors", "bin"):
-        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_tiny_dir(out_dir, layout, weights_format)
     tokenizer = build_tiny_tokenizer("chatml")
     config = tiny_flash_config(tokenizer, variant=variant)
     torch.manual_seed(seed)
     model = backbone_for(config.model_type).model_class(config).eval()
-    for stale in [*out.glob("*.safetensors"), *out.glob("*.bin"), *out.glob("*.index.json")]:
-        stale.unlink()  # weights of an earlier run in this directory would be loaded with ours
     if layout == "own":
         model.save_pretrained(out)
         if weights_format == "bin":
