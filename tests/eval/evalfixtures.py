@@ -300,3 +300,50 @@ def videomme_official(root: Path, video: Path) -> Path:
                for v in range(4)]
     write_json(root / "output_test_template.json", grouped)
     return videomme_media(root, video)
+
+
+class FakeChatServer:
+    """An OpenAI-compatible ``POST /v1/chat/completions`` endpoint on 127.0.0.1 for judge tests.
+
+    ``respond(body, headers)`` returns ``(status, payload bytes)`` for each request; every request is kept in
+    ``requests`` as ``{"path", "headers", "json"}``.
+    """
+
+    def __init__(self, respond) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append({"path": self.path, "headers": dict(self.headers), "json": body})
+                status, payload = respond(body, self.headers)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def chat_reply(content: str) -> bytes:
+    """The payload of a chat completion whose one message says ``content``."""
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()

@@ -13,12 +13,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from evalfixtures import (
+    FakeChatServer,
+    chat_reply,
     egoschema_official,
     fake_checkpoint,
     mlvu_flash,
@@ -110,43 +110,19 @@ def test_score_skips_a_malformed_record_and_strict_names_it(tmp_path, capsys):
     assert err.startswith(f"error: {ann} line {line} (record 5): missing field(s) ['answer']") and err.count("\n") == 1
 
 
-class JudgingServer:
+class JudgingServer(FakeChatServer):
     """An OpenAI-compatible endpoint on 127.0.0.1 that says "yes" (score 5) when prediction == reference."""
 
     def __init__(self) -> None:
-        self.requests: list[dict] = []
-        server = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "auth": self.headers["Authorization"], "body": body})
-                user = body["messages"][-1]["content"]
-                reference = re.search(r"Reference answer: (.*)\n", user).group(1)
-                predicted = re.search(r"Predicted answer: (.*)\n", user).group(1)
-                verdict = "{'pred': 'yes', 'score': 5}" if reference == predicted else "{'pred': 'no', 'score': 1}"
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": verdict}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+    @staticmethod
+    def _respond(body, headers):
+        user = body["messages"][-1]["content"]
+        reference = re.search(r"Reference answer: (.*)\n", user).group(1)
+        predicted = re.search(r"Predicted answer: (.*)\n", user).group(1)
+        verdict = "{'pred': 'yes', 'score': 5}" if reference == predicted else "{'pred': 'no', 'score': 1}"
+        return 200, chat_reply(verdict)
 
 
 def vstream_qa_download(root: Path) -> Path:
@@ -179,9 +155,9 @@ def test_readme_vstream_score_command_with_a_fake_judge(tmp_path, monkeypatch, c
         assert out == "rvs_ego [flash-vstream]: accuracy 50.0, score 3.00 (n=10)\n"
         assert len(judge.requests) == 10
         assert {r["path"] for r in judge.requests} == {"/v1/chat/completions"}
-        assert {r["body"]["model"] for r in judge.requests} == {"gpt-3.5-turbo-0125"}
-        assert {r["auth"] for r in judge.requests} == {f"Bearer {KEY}"}
-        assert "Question: What did I do 3?\n" in judge.requests[3]["body"]["messages"][-1]["content"]
+        assert {r["json"]["model"] for r in judge.requests} == {"gpt-3.5-turbo-0125"}
+        assert {r["headers"]["Authorization"] for r in judge.requests} == {f"Bearer {KEY}"}
+        assert "Question: What did I do 3?\n" in judge.requests[3]["json"]["messages"][-1]["content"]
         cache = (runs / "verdicts.jsonl").read_text()
         assert len(cache.splitlines()) == 10 and KEY not in cache
         # Scoring again is answered from the verdict cache: no request, same numbers.

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from evalfixtures import write_jsonl
+from evalfixtures import FakeChatServer, chat_reply, write_jsonl
 
 from flash_vstream.cli import main
 from flash_vstream_eval.inf_streams import InfStreamsSettings, load_games, read_commentary
@@ -32,44 +30,18 @@ JUDGE_ENV = ("FLASH_VSTREAM_JUDGE_BASE_URL", "OPENAI_BASE_URL", "FLASH_VSTREAM_J
 CANDIDATES = re.compile(r"Candidate A:\n(.*)\n\nCandidate B:\n(.*)\n\nWhich", re.DOTALL)
 
 
-class VotingJudge:
-    """POST /v1/chat/completions -> the reply scripted for (candidate A, candidate B); HTTP errors from ``fail``."""
+class VotingJudge(FakeChatServer):
+    """Replies with the vote scripted for (candidate A, candidate B); HTTP errors from ``fail`` first."""
 
     def __init__(self, votes: dict[tuple[str, str], str], fail: list[int] | None = None):
-        self.votes, self.fail, self.requests = votes, list(fail or []), []
-        fake = self
+        self.votes, self.fail = votes, list(fail or [])
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"headers": dict(self.headers), "json": body})
-                if fake.fail:
-                    status, payload = fake.fail.pop(0), b"busy"
-                else:
-                    a, b = CANDIDATES.search(body["messages"][1]["content"]).groups()
-                    reply = {"choices": [{"message": {"role": "assistant", "content": fake.votes[a, b]}}]}
-                    status, payload = 200, json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    @property
-    def base_url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+    def _respond(self, body, headers):
+        if self.fail:
+            return self.fail.pop(0), b"busy"
+        a, b = CANDIDATES.search(body["messages"][1]["content"]).groups()
+        return 200, chat_reply(self.votes[a, b])
 
 
 @pytest.fixture
