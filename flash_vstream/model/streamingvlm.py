@@ -32,6 +32,7 @@ import torch
 from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from flash_vstream.model.checkpoints import quiet_load_report
+from flash_vstream.model.loading import read_checkpoint_config
 from flash_vstream.model.qwen2vl_checkpoints import LEGACY_TO_MODULE, checkpoint_keys, uses_legacy_keys
 
 __all__ = [
@@ -157,10 +158,7 @@ def settings_of(model) -> StreamingVLMSettings:
 
 def _read_config(path: Path) -> Qwen2_5_VLConfig:
     config_file = path / "config.json"
-    try:
-        raw = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON ({err}); the checkpoint is corrupt") from None
+    raw = read_checkpoint_config(path)
     if raw.get("model_type") != "qwen2_5_vl":
         raise ValueError(f"{config_file} has model_type {raw.get('model_type')!r}; the StreamingVLM family loads "
                          f"plain Qwen2.5-VL checkpoints (model_type 'qwen2_5_vl')")
