@@ -13,6 +13,12 @@ of wall time (chunk seconds / chunk wall time) and the peak GPU memory of the se
 Policies (``--policies``): streamingvlm (the method), full (no eviction; it stops at OOM or ``--seconds``), sliding
 (no eviction, restart every 100 s), recompute (the method's windows re-prefilled every chunk).
 
+Decoding (``--decode``, default auto): the static cache with the compiled step on CUDA
+(:mod:`flash_vstream.inference.streamingvlm_decode`), or "eager". Before each policy's measured run,
+``--warmup-seconds`` of stream on a throwaway state compile the step and warm the allocator (not recorded).
+``--profile`` prints a ``torch.profiler`` table of one chunk after the warm-up. "ingest fps" is the frames of a
+chunk over its eviction + ViT + prefill time (what reading the video costs, speech aside).
+
     python scripts/bench_streamingvlm.py --policies streamingvlm --seconds 3600 --out svlm.json   # 1 GPU
     python scripts/bench_streamingvlm.py --policies full,sliding,recompute --seconds 300 --out base.json
     python scripts/bench_streamingvlm.py --tiny                   # tiny model on the CPU: checks it runs
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -68,15 +75,39 @@ def build(tiny: bool, device: torch.device, dtype: torch.dtype) -> SimpleNamespa
     return SimpleNamespace(model=model, tokenizer=tokenizer, family="streamingvlm")
 
 
+def chunk_times(settings: StreamingVLMSettings, second: int) -> np.ndarray:
+    return np.array([second + k / settings.fps for k in range(settings.frames_per_chunk)])
+
+
+def warm_up(backend, pool: list[np.ndarray], seconds: int, profile: bool) -> None:
+    """``seconds`` chunks on a throwaway state (compilation, allocator); then, with ``profile``, one profiled chunk."""
+    state = backend.init_state()
+    for i in range(seconds):
+        backend.step(state, pool[i % len(pool)], chunk_times(backend.settings, i))
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profiler(activities=activities) as prof:
+            backend.step(state, pool[seconds % len(pool)], chunk_times(backend.settings, seconds))
+            sync(backend.model.device)
+        key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=25), file=sys.stderr)
+
+
 def run_policy(vs, settings: StreamingVLMSettings, seconds: int, frame_size: tuple[int, int], segment: int,
-               device: torch.device) -> dict:
+               device: torch.device, *, decode: str = "auto", warmup: int = 0, profile: bool = False) -> dict:
     """Stream ``seconds`` chunks under ``settings``; per-chunk records and per-segment spreads."""
     setattr(vs.model.config, SETTINGS_KEY, settings.__dict__)
     backend = StreamingVLMSessionBackend(vs, settings, previous_text="A basketball game: home team against the "
-                                         "visitors, first quarter.", seed=0)
-    state = backend.init_state()
+                                         "visitors, first quarter.", seed=0, decode=decode)
     rng = np.random.default_rng(0)
     pool = [rng.integers(0, 256, (settings.frames_per_chunk, *frame_size, 3), dtype=np.uint8) for _ in range(4)]
+    began = time.perf_counter()
+    warm_up(backend, pool, warmup, profile)
+    warmup_seconds = time.perf_counter() - began
+    state = backend.init_state()
     records, oom_at = [], None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -90,8 +121,7 @@ def run_policy(vs, settings: StreamingVLMSettings, seconds: int, frame_size: tup
         sync(device)
         start = time.perf_counter()
         try:
-            backend.step(state, pool[i % len(pool)], np.array([i + k / settings.fps
-                                                               for k in range(settings.frames_per_chunk)]), clock)
+            backend.step(state, pool[i % len(pool)], chunk_times(settings, i), clock)
         except torch.OutOfMemoryError:
             oom_at = i
             break
@@ -106,15 +136,21 @@ def run_policy(vs, settings: StreamingVLMSettings, seconds: int, frame_size: tup
             "second": i, "wall_ms": wall * 1e3, **{f"{p}_ms": t * 1e3 for p, t in times.items()},
             "tokens": spoken, "ms_per_token": times["speak"] * 1e3 / spoken if spoken else None,
             "ms_per_token_published": (times["prefill"] + times["speak"]) * 1e3 / spoken if spoken else None,
+            "ingest_fps": settings.frames_per_chunk / (times["evict"] + times["vision"] + times["prefill"]),
             "cache_tokens": state.layout.cached_length(), "max_position": state.layout.max_position(),
             "allocated_gib": torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         })
-        if device.type == "cuda" and (i + 1) % segment == 0:
-            records[-1]["segment_peak_gib"] = peak_gib(device)
-            torch.cuda.reset_peak_memory_stats(device)
+        if (i + 1) % segment == 0:
+            if device.type == "cuda":
+                records[-1]["segment_peak_gib"] = peak_gib(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            print(f"{settings.policy}: {i + 1}/{seconds} s, last chunk {wall * 1e3:.0f} ms", file=sys.stderr,
+                  flush=True)
     del state
-    return {"settings": settings.__dict__, "seconds_run": len(records), "oom_at_second": oom_at,
-            "segments": summarise(records, segment), "chunks": records}
+    return {"settings": settings.__dict__, "decode": backend.decoder.mode, "warmup_seconds": warmup_seconds,
+            "static_cache_slots": backend.decoder.max_cache_len, "compiles": backend.decoder.compiles,
+            "seconds_run": len(records), "oom_at_second": oom_at, "segments": summarise(records, segment),
+            "chunks": records}
 
 
 def summarise(records: list[dict], segment: int) -> list[dict]:
@@ -128,6 +164,7 @@ def summarise(records: list[dict], segment: int) -> list[dict]:
             if values:
                 row[key] = spread(values)
         row["video_seconds_per_second"] = spread([1.0 / (r["wall_ms"] / 1e3) for r in part], scale=1.0)
+        row["ingest_fps"] = spread([r["ingest_fps"] for r in part], scale=1.0)
         row["cache_tokens_max"] = max(r["cache_tokens"] for r in part)
         row["max_position"] = max(r["max_position"] for r in part)
         peaks = [r["segment_peak_gib"] for r in part if r.get("segment_peak_gib") is not None]
@@ -142,6 +179,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=600, help="seconds of stream per policy (default 600)")
     parser.add_argument("--segment", type=int, default=60, help="seconds per reported segment (default 60)")
     parser.add_argument("--restart-seconds", type=float, default=100.0, help="sliding: seconds between restarts")
+    parser.add_argument("--decode", default="auto", choices=["auto", "eager", "static", "compiled"],
+                        help="how tokens are decoded (default auto: compiled on CUDA, eager on the CPU)")
+    parser.add_argument("--warmup-seconds", type=int, default=3, help="unrecorded chunks before each policy")
+    parser.add_argument("--profile", action="store_true", help="print a profiler table of one chunk per policy")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (checks the script runs)")
     parser.add_argument("--out", default=None, help="JSON file for the results (default: print)")
     args = parser.parse_args()
@@ -163,7 +204,8 @@ def main() -> None:
     with torch.inference_mode():
         for policy in policies:
             results[policy] = run_policy(vs, base.replace(policy=policy), args.seconds, frame_size, args.segment,
-                                         device)
+                                         device, decode=args.decode, warmup=args.warmup_seconds,
+                                         profile=args.profile)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if args.out:  # after every policy, so a run cut short keeps what it measured

@@ -47,6 +47,7 @@ from flash_vstream.inference.streamingvlm_cache import (
     text_block,
     vision_block,
 )
+from flash_vstream.inference.streamingvlm_decode import StreamDecoder
 from flash_vstream.model.streamingvlm import StreamingVLMSettings, encode_video, forward_embeds, settings_of
 from flash_vstream.vision.qwen2vl import FlashFrameProcessor
 
@@ -112,6 +113,8 @@ class StreamingVLMSessionBackend:
         speak: generate commentary every chunk (False: every chunk gets the silent turn, for question-only use).
         on_commentary: called with each chunk's :class:`Commentary` as it is produced (e.g. to print it live).
         seed: seed of the sampler (``do_sample``), for reproducible runs.
+        decode: how tokens are decoded (:class:`~flash_vstream.inference.streamingvlm_decode.StreamDecoder`):
+            "auto" (a static cache and a compiled step on CUDA, eager elsewhere), "eager", "static", "compiled".
 
     Raises:
         ValueError: when a chunk is not a whole number of temporal patches.
@@ -119,7 +122,7 @@ class StreamingVLMSessionBackend:
 
     def __init__(self, vs, settings: StreamingVLMSettings | None = None, *, previous_text: str = "",
                  speak: bool = True, on_commentary: Callable[[Commentary], None] | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, decode: str = "auto"):
         self.vs, self.model, self.tokenizer = vs, vs.model, vs.tokenizer
         self.settings = settings or settings_of(vs.model)
         config = vs.model.config
@@ -146,6 +149,7 @@ class StreamingVLMSessionBackend:
             ("user_tail", "<|im_end|>\n"), ("assistant_head", "<|im_start|>assistant\n"),
             ("silent", "\n" + MARK), ("tail", "<|im_end|>\n"))}
         self.inv_freq = self.model.model.language_model.rotary_emb.inv_freq
+        self.decoder = StreamDecoder(self.model, decode)
         if self.model.model.language_model.rotary_emb.attention_scaling != 1.0:
             raise ValueError("StreamingVLM delta rotations need RoPE without attention scaling (rope_type default)")
 
@@ -263,19 +267,20 @@ class StreamingVLMSessionBackend:
 
     def _speak(self, state: StreamingVLMState, body, logits: torch.Tensor) -> None:
         """Up to ``max_new_tokens`` tokens into ``body`` (each fed at once), stopping at ``<|im_end|>``."""
-        s = self.settings
-        retained = state.layout.ids().to(logits.device)
-        for _ in range(s.max_new_tokens):
-            token = self.next_token(logits, retained)
-            if token == self.ids["im_end"]:
-                break
-            body.ids = torch.cat([body.ids, torch.tensor([token])])
-            retained = torch.cat([retained, retained.new_tensor([token])])
-            slot = state.layout.cached_length()
-            position = body.offset + body.length - 1
-            logits = forward_embeds(self.model, state.cache, body.ids[-1:], torch.full((3, 1), position))
-            body.runs.append(Run(slot, 1, position))
-        body.runs = _merged(body.runs)
+        retained = [state.layout.ids().to(logits.device)]
+
+        def choose(scores: torch.Tensor) -> int:
+            token = self.next_token(scores, torch.cat(retained))
+            retained.append(retained[0].new_tensor([token]))
+            return token
+
+        slot, position = state.layout.cached_length(), body.offset + body.length
+        tokens = self.decoder.decode(state.cache, logits, position, self.settings.max_new_tokens, choose,
+                                     self.ids["im_end"], keep=True)
+        spoken = [t for t in tokens if t != self.ids["im_end"]]
+        if spoken:
+            body.ids = torch.cat([body.ids, torch.tensor(spoken)])
+            body.runs = _merged(body.runs + [Run(slot, len(spoken), position)])
 
     def _close_round(self, layout: CacheLayout, round_: Round) -> None:
         """Split the trailing " ..." off the body (it never moves into the previous text); queue the turn's end."""
@@ -341,21 +346,19 @@ class StreamingVLMSessionBackend:
         positions = torch.cat([pending_positions, (torch.arange(len(question)) + start).expand(3, -1)], dim=1)
         if streamer is not None:
             streamer.put(question[None])
-        retained = torch.cat([layout.ids(), question])
-        new = []
+        retained = [torch.cat([layout.ids(), question])]
+
+        def choose(scores: torch.Tensor) -> int:
+            token = self.next_token(scores, torch.cat(retained), do_sample=do_sample)
+            retained.append(torch.tensor([token]))
+            if streamer is not None:
+                streamer.put(torch.tensor([token]))
+            return token
+
         try:
             logits = forward_embeds(self.model, cache, ids, positions)
-            position = start + len(question)
-            for _ in range(max_new_tokens):
-                token = self.next_token(logits, retained, do_sample=do_sample)
-                new.append(token)
-                if streamer is not None:
-                    streamer.put(torch.tensor([token]))
-                if token == self.ids["im_end"]:
-                    break
-                retained = torch.cat([retained, torch.tensor([token])])
-                logits = forward_embeds(self.model, cache, torch.tensor([token]), torch.full((3, 1), position))
-                position += 1
+            new = self.decoder.decode(cache, logits, start + len(question), max_new_tokens, choose,
+                                      self.ids["im_end"], keep=False)
         finally:
             for layer in cache.layers:  # the stream's cache exactly as before the question
                 if layer.keys is not None:

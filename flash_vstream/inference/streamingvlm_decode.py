@@ -1,0 +1,138 @@
+"""Token-by-token decoding on top of a StreamingVLM stream's cache: eager, or a static cache with a compiled step.
+
+A stream's cache is a transformers ``DynamicCache`` that follows the segment records (eviction gathers it, new
+rounds are prefilled onto it). Decoding the commentary (up to 20 tokens a second) or an answer one token at a time
+on it eagerly costs one forward of the whole decoder per token, dominated at batch 1 by hundreds of small kernel
+launches and by the cache's growth (every token concatenates to every layer's keys and values).
+
+:class:`StreamDecoder` decodes the way transformers' ``generate`` does when compiled: the retained keys and values
+are copied once into a transformers :class:`~transformers.StaticCache` (one buffer, reused by every round), each
+step is the model's own forward through ``model.get_compiled_call`` (``torch.compile`` with CUDA graphs,
+``mode="reduce-overhead"``), and the new tokens' keys and values are appended to the stream's cache once, at the
+end. Positions are the stream's own (M-RoPE, text ``(p, p, p)``): the static cache only lends slots.
+
+Modes (those of :mod:`flash_vstream.inference.decode`): ``"eager"`` (forward on the ``DynamicCache`` itself),
+``"static"`` (the static cache, not compiled; on a CPU it must give the eager tokens), ``"compiled"``, and
+``"auto"`` (compiled on CUDA, eager elsewhere).
+
+The static cache is sized for the retained cache plus the tokens to decode, rounded up to
+:data:`CACHE_ROUNDING`; a longer cache later (the "full" policy's grows without bound) replaces it by one of twice
+the size, which compiles the step once more (counted in :attr:`StreamDecoder.compiles`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from transformers import CompileConfig, DynamicCache, StaticCache
+
+from flash_vstream.inference.decode import resolve_mode
+
+__all__ = ["CACHE_ROUNDING", "StreamDecoder"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ROUNDING = 4096
+"""Static cache lengths are multiples of this, so a stream's slowly varying cache length keeps one compiled size."""
+
+
+class StreamDecoder:
+    """Decodes tokens after a stream's ``DynamicCache`` (see the module docstring).
+
+    Args:
+        model: the Qwen2.5-VL model (``Qwen2_5_VLForConditionalGeneration``).
+        mode: ``"auto"``, ``"eager"``, ``"static"`` or ``"compiled"``.
+        compile_config: how the compiled mode compiles (default: transformers' ``CompileConfig()``).
+
+    Raises:
+        ValueError: for an unknown mode.
+    """
+
+    def __init__(self, model, mode: str = "auto", *, compile_config: CompileConfig | None = None):
+        self.model = model
+        self.mode = resolve_mode(mode, model.device)
+        self.compile_config = compile_config if compile_config is not None else CompileConfig()
+        self.compiles = 0
+        """Static cache sizes the compiled step has been compiled for."""
+        self._static: StaticCache | None = None
+        self.max_cache_len = 0
+        """Slots of the current static cache (0 before the first static decode)."""
+
+    @torch.inference_mode()
+    def decode(self, cache: DynamicCache, logits: torch.Tensor, position: int, max_new_tokens: int,
+               choose: Callable[[torch.Tensor], int], stop_id: int, *, keep: bool) -> list[int]:
+        """Tokens chosen one at a time after ``cache``, each fed back before the next is chosen.
+
+        Args:
+            cache: the stream's cache; every token it holds precedes the new ones.
+            logits: ``(1, V)`` logits of the last token in ``cache`` (from its prefill).
+            position: the first new token's position (all three M-RoPE components).
+            max_new_tokens: most tokens chosen.
+            choose: ``(1, V)`` logits -> the next token id (sampling, penalties).
+            stop_id: the token that ends decoding; it is returned but not fed.
+            keep: whether the fed tokens' keys and values stay in ``cache`` (commentary) or not (a question's
+                answer); ``cache`` is otherwise exactly as it was.
+
+        Returns:
+            The chosen ids, ``stop_id`` last when it was chosen.
+        """
+        kept = cache.get_seq_length()
+        tokens: list[int] = []
+        if max_new_tokens < 1:
+            return tokens
+        static = None if self.mode == "eager" else self._static_cache(cache, kept + max_new_tokens)
+        step = self._step_fn(static)
+        fed = 0
+        for _ in range(max_new_tokens):
+            token = choose(logits)
+            tokens.append(token)
+            if token == stop_id or len(tokens) == max_new_tokens and not keep:
+                break  # a question's last token needs no forward; a commentary token stays in the cache
+            logits = step(token, position + fed, static if static is not None else cache)
+            fed += 1
+        if static is not None and keep and fed:
+            for source, target in zip(static.layers, cache.layers, strict=True):
+                target.update(source.keys[:, :, kept: kept + fed], source.values[:, :, kept: kept + fed])
+        elif static is None and not keep:
+            for layer in cache.layers:
+                if layer.keys is not None:
+                    layer.keys, layer.values = layer.keys[..., :kept, :], layer.values[..., :kept, :]
+        return tokens
+
+    # --- internals --------------------------------------------------------------------------------------------
+
+    def _step_fn(self, static: StaticCache | None) -> Callable[[int, int, object], torch.Tensor]:
+        model = self.model
+        forward = model.get_compiled_call(self.compile_config) if self.mode == "compiled" else model.__call__
+        device = model.device
+
+        def step(token: int, position: int, cache) -> torch.Tensor:
+            ids = torch.tensor([[token]], device=device)
+            positions = torch.full((3, 1, 1), position, device=device)
+            out = forward(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+            return out.logits[:, -1].float()  # a copy: a CUDA graph's output is overwritten by its next replay
+
+        return step
+
+    def _static_cache(self, cache: DynamicCache, needed: int) -> StaticCache:
+        """The decoder's static cache holding ``cache``'s keys and values in its first slots."""
+        if self._static is None or needed > self.max_cache_len:
+            size = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
+            if self._static is not None:
+                size = max(size, 2 * self.max_cache_len)
+                logger.info("StreamingVLM decode: the static cache grows to %d slots%s", size,
+                            " (the decode step compiles again)" if self.mode == "compiled" else "")
+            self._static = None  # free the old buffer before the new one is allocated
+            self._static = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=size)
+            self.max_cache_len = size
+            self.compiles += self.mode == "compiled"
+        else:
+            self._static.reset()
+        if len(cache.layers) != len(self._static.layers):
+            raise ValueError(f"the stream's cache has {len(cache.layers)} layers, the model {len(self._static.layers)}")
+        for source, target in zip(cache.layers, self._static.layers, strict=True):
+            if source.keys is not None and source.keys.shape[-2]:
+                target.update(source.keys, source.values)  # writes slots [0, L) and sets the layer's length
+        return self._static
