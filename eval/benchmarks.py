@@ -56,6 +56,8 @@ class Benchmark:
     """Questions are asked on the live stream at their annotated time (RVS), see `realtime`; offline on request."""
     commentary: bool = False
     """Free-running commentary, run by `inf_streams_run` and scored pairwise by `inf_streams_judge`."""
+    synthetic: bool = False
+    """Questions made at run time by the synthetic generator (no data root), run and scored by `synth_memory`."""
 
     def load_items(self, root: str | Path, source: str | None = None, *, strict: bool = False) -> LoadedItems:
         """Load the questions, skipping malformed records (each kept with its file, line and reason).
@@ -68,6 +70,11 @@ class Benchmark:
         log = RecordLog(strict=strict)
         items = self.load(Path(root), source, log)
         return LoadedItems(items, list(log.malformed))
+
+
+def _made_at_run_time(root: Path, source: str | None = None, log: RecordLog | None = None) -> list[Item]:
+    raise ValueError("synth-memory has no annotation files: its questions are made at run time "
+                     "(flash-vstream eval run --benchmark synth-memory)")
 
 
 def _vstream(name: str) -> Loader:
@@ -121,6 +128,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             load_inf_streams_items,
             "Inf-Streams-Eval live sports commentary (win rate against a reference model)",
             commentary=True,
+        ),
+        Benchmark(
+            "synth-memory",
+            "synth-memory",
+            _made_at_run_time,
+            "synthetic needle streams: accuracy by how far back the needle lies, STAR memory vs baselines",
+            synthetic=True,
         ),
     )
 }

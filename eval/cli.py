@@ -69,13 +69,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a model on a benchmark (resumable, torchrun-aware)")
     _add_common(run)
     run.add_argument(
-        "--model", required=True, help="model name or checkpoint path for flash_vstream.load_model"
+        "--model",
+        default=None,
+        help="model name or checkpoint path for flash_vstream.load_model (required; synth-memory: the demo model)",
     )
     add_model_arguments(run)
     run.add_argument(
         "--max-new-tokens", type=_positive_int, default=None, help="generation budget (default: the profile's)"
     )
-    run.add_argument("--data", required=True, type=Path, help="benchmark data root (annotations + media)")
+    run.add_argument("--data", default=None, type=Path, help="benchmark data root (annotations + media; required)")
     run.add_argument("--out", required=True, type=Path, help="run folder; reuse it (same flags) to resume")
     run.add_argument(
         "--overwrite",
@@ -98,14 +100,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score an existing predictions file, no model needed")
     _add_common(score)
-    score.add_argument("--annotations", required=True, help="annotation file or folder")
+    score.add_argument("--annotations", default=None, help="annotation file or folder (required but for synth-memory)")
     score.add_argument("--predictions", required=True, type=Path, help="predictions JSONL")
     score.add_argument("--out", type=Path, default=None, help="also write results.json/results.md here")
     score.add_argument("--json", action="store_true", help="print the whole results JSON instead of the summary")
     score.set_defaults(func=_score_command)
     from flash_vstream_eval.inf_streams_run import add_arguments
+    from flash_vstream_eval.synth_memory import add_arguments as add_synth_arguments
 
     add_arguments(run, score)
+    add_synth_arguments(run, score)
     return parser
 
 
@@ -139,7 +143,23 @@ def _guarded(command) -> Any:
         return 2
 
 
+def _require(args: argparse.Namespace, *flags: str) -> None:
+    """Flags a benchmark with annotation files needs (synth-memory makes its questions, so they are optional)."""
+    missing = [flag for flag in flags if getattr(args, flag.removeprefix("--").replace("-", "_")) is None]
+    if missing:
+        raise ValueError(f"--benchmark {args.benchmark} needs {' and '.join(missing)}")
+
+
 def _run_command(args: argparse.Namespace) -> int:
+    if get_benchmark(args.benchmark).synthetic:
+        from flash_vstream_eval.synth_memory import run_command
+
+        return _guarded(lambda: run_command(args))
+    try:
+        _require(args, "--model", "--data")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if get_benchmark(args.benchmark).commentary:
         from flash_vstream_eval.inf_streams_run import run_command
 
@@ -185,6 +205,15 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _score_command(args: argparse.Namespace) -> int:
+    if get_benchmark(args.benchmark).synthetic:
+        from flash_vstream_eval.synth_memory import score_command
+
+        return _guarded(lambda: score_command(args))
+    try:
+        _require(args, "--annotations")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if get_benchmark(args.benchmark).commentary:
         from flash_vstream_eval.inf_streams_run import score_command
 
