@@ -62,56 +62,86 @@ class StreamDecoder:
 
     @torch.inference_mode()
     def decode(self, cache: DynamicCache, logits: torch.Tensor, position: int, max_new_tokens: int,
-               choose: Callable[[torch.Tensor], int], stop_id: int, *, keep: bool) -> list[int]:
+               choose: Callable[[torch.Tensor], torch.Tensor], stop_id: int, *, keep: bool, check_every: int = 1,
+               on_tokens: Callable[[list[int]], None] | None = None) -> list[int]:
         """Tokens chosen one at a time after ``cache``, each fed back before the next is chosen.
+
+        The chosen tokens stay on the model's device; the host reads them (a device synchronisation) every
+        ``check_every`` tokens to look for ``stop_id``. Between two reads the GPU never waits for the host, at the
+        price of up to ``check_every - 1`` tokens decoded past a stop and then discarded (their keys and values
+        never reach ``cache``).
 
         Args:
             cache: the stream's cache; every token it holds precedes the new ones.
             logits: ``(1, V)`` logits of the last token in ``cache`` (from its prefill).
             position: the first new token's position (all three M-RoPE components).
             max_new_tokens: most tokens chosen.
-            choose: ``(1, V)`` logits -> the next token id (sampling, penalties).
-            stop_id: the token that ends decoding; it is returned but not fed.
-            keep: whether the fed tokens' keys and values stay in ``cache`` (commentary) or not (a question's
+            choose: ``(1, V)`` logits -> the next token, a ``(1,)`` long tensor on the logits' device.
+            stop_id: the token that ends decoding; it is returned but not kept in ``cache``.
+            keep: whether the chosen tokens' keys and values stay in ``cache`` (commentary) or not (a question's
                 answer); ``cache`` is otherwise exactly as it was.
+            check_every: tokens between two host reads (1: read every token, e.g. to stream an answer live).
+            on_tokens: called with each batch of tokens as the host reads them (stop token included).
 
         Returns:
             The chosen ids, ``stop_id`` last when it was chosen.
+
+        Raises:
+            ValueError: when ``check_every`` is below 1.
         """
+        if check_every < 1:
+            raise ValueError(f"check_every must be at least 1, got {check_every}")
         kept = cache.get_seq_length()
-        tokens: list[int] = []
         if max_new_tokens < 1:
-            return tokens
+            return []
         static = None if self.mode == "eager" else self._static_cache(cache, kept + max_new_tokens)
-        step = self._step_fn(static)
-        fed = 0
-        for _ in range(max_new_tokens):
+        target = static if static is not None else cache
+        step = self._step_fn()
+        positions = torch.arange(position, position + max_new_tokens, device=logits.device)  # one copy per call
+        positions = positions.view(-1, 1, 1, 1).repeat(1, 3, 1, 1)  # (n, 3, 1, 1): step k feeds positions[k]
+        tokens: list[int] = []
+        unread: list[torch.Tensor] = []
+        for k in range(max_new_tokens):
             token = choose(logits)
-            tokens.append(token)
-            if token == stop_id or len(tokens) == max_new_tokens and not keep:
-                break  # a question's last token needs no forward; a commentary token stays in the cache
-            logits = step(token, position + fed, static if static is not None else cache)
-            fed += 1
-        if static is not None and keep and fed:
-            for source, target in zip(static.layers, cache.layers, strict=True):
-                target.update(source.keys[:, :, kept: kept + fed], source.values[:, :, kept: kept + fed])
-        elif static is None and not keep:
-            for layer in cache.layers:
-                if layer.keys is not None:
-                    layer.keys, layer.values = layer.keys[..., :kept, :], layer.values[..., :kept, :]
+            unread.append(token)
+            last = k + 1 == max_new_tokens
+            if len(unread) == check_every or last:
+                values = torch.cat(unread).tolist()
+                unread = []
+                if on_tokens is not None:
+                    on_tokens(values[: values.index(stop_id) + 1] if stop_id in values else values)
+                if stop_id in values:
+                    tokens += values[: values.index(stop_id) + 1]
+                    break
+                tokens += values
+            if last and not keep:
+                break  # an answer's last token needs no forward
+            logits = step(token, positions[k], target)
+        spoken = len(tokens) - (bool(tokens) and tokens[-1] == stop_id)
+        self._settle(cache, static, kept, spoken if keep else 0)
         return tokens
+
+    def _settle(self, cache: DynamicCache, static: StaticCache | None, kept: int, keep: int) -> None:
+        """Leave ``cache`` with its first ``kept`` tokens plus the first ``keep`` decoded ones."""
+        if static is not None:
+            if keep:
+                for source, target in zip(static.layers, cache.layers, strict=True):
+                    target.update(source.keys[:, :, kept: kept + keep], source.values[:, :, kept: kept + keep])
+            return
+        for layer in cache.layers:  # eager: tokens decoded past a stop, or an answer's, were fed into it
+            if layer.keys is not None:
+                layer.keys, layer.values = layer.keys[..., : kept + keep, :], layer.values[..., : kept + keep, :]
 
     # --- internals --------------------------------------------------------------------------------------------
 
-    def _step_fn(self, static: StaticCache | None) -> Callable[[int, int, object], torch.Tensor]:
+    def _step_fn(self) -> Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]:
         model = self.model
         forward = model.get_compiled_call(self.compile_config) if self.mode == "compiled" else model.__call__
-        device = model.device
 
-        def step(token: int, position: int, cache) -> torch.Tensor:
-            ids = torch.tensor([[token]], device=device)
-            positions = torch.full((3, 1, 1), position, device=device)
-            out = forward(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+        def step(token: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+            """Feed one token (``(1,)`` on the device) at M-RoPE ``position`` (``(3, 1, 1)``); its ``(1, V)`` logits."""
+            out = forward(input_ids=token.view(1, 1), position_ids=position, cache=cache, use_cache=True,
+                          logits_to_keep=1)
             return out.logits[:, -1].float()  # a copy: a CUDA graph's output is overwritten by its next replay
 
         return step

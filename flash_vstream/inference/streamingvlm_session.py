@@ -56,6 +56,9 @@ __all__ = ["Commentary", "StreamingVLMInputBuilder", "StreamingVLMSessionBackend
 MARK = " ..."
 """End-of-second marker of every assistant turn (a silent turn is ``"\\n" + MARK``)."""
 VIDEO_TOKEN_TYPE = 2
+SPEAK_CHECK_EVERY = 4
+"""Commentary tokens decoded between two looks for the end of the turn (fewer device waits; at most 3 tokens
+decoded past the end and discarded)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class StreamingVLMSessionBackend:
             ("silent", "\n" + MARK), ("tail", "<|im_end|>\n"))}
         self.inv_freq = self.model.model.language_model.rotary_emb.inv_freq
         self.decoder = StreamDecoder(self.model, decode)
+        self._banned: torch.Tensor | None = None
         if self.model.model.language_model.rotary_emb.attention_scaling != 1.0:
             raise ValueError("StreamingVLM delta rotations need RoPE without attention scaling (rope_type default)")
 
@@ -269,14 +273,14 @@ class StreamingVLMSessionBackend:
         """Up to ``max_new_tokens`` tokens into ``body`` (each fed at once), stopping at ``<|im_end|>``."""
         retained = [state.layout.ids().to(logits.device)]
 
-        def choose(scores: torch.Tensor) -> int:
+        def choose(scores: torch.Tensor) -> torch.Tensor:
             token = self.next_token(scores, torch.cat(retained))
-            retained.append(retained[0].new_tensor([token]))
+            retained.append(token)
             return token
 
         slot, position = state.layout.cached_length(), body.offset + body.length
         tokens = self.decoder.decode(state.cache, logits, position, self.settings.max_new_tokens, choose,
-                                     self.ids["im_end"], keep=True)
+                                     self.ids["im_end"], keep=True, check_every=SPEAK_CHECK_EVERY)
         spoken = [t for t in tokens if t != self.ids["im_end"]]
         if spoken:
             body.ids = torch.cat([body.ids, torch.tensor(spoken)])
@@ -301,23 +305,27 @@ class StreamingVLMSessionBackend:
     def _reorder(round_: Round) -> None:
         round_.parts = {name: round_.parts[name] for name in ROUND_PARTS if name in round_.parts}
 
-    def next_token(self, logits: torch.Tensor, retained: torch.Tensor, *, do_sample: bool | None = None) -> int:
-        """The next token from ``(1, V)`` logits: repetition penalty over ``retained``, then temperature sampling.
+    def next_token(self, logits: torch.Tensor, retained: torch.Tensor, *, do_sample: bool | None = None
+                   ) -> torch.Tensor:
+        """The next token, ``(1,)`` on the logits' device: repetition penalty over ``retained``, then sampling.
 
-        Vision placeholders (``<|video_pad|>``, ``<|image_pad|>``) are never generated.
+        Nothing here waits for the device. Vision placeholders (``<|video_pad|>``, ``<|image_pad|>``) are never
+        generated.
         """
         s = self.settings
-        scores = logits.float().clone()  # on the model's device: one small sync per token (the token is fed next)
-        scores[..., self.banned] = -torch.inf  # a generated placeholder would have no vision token to carry
+        scores = logits.float().clone()
+        if self._banned is None or self._banned.device != scores.device:
+            self._banned = torch.tensor(self.banned, device=scores.device)
+        scores.index_fill_(-1, self._banned, -torch.inf)  # a generated placeholder would have no vision token
         if s.repetition_penalty != 1.0:
             penalty = RepetitionPenaltyLogitsProcessor(s.repetition_penalty)
             scores = penalty(retained.to(scores.device)[None], scores)
         if not (s.do_sample if do_sample is None else do_sample):
-            return int(scores.argmax(-1))
+            return scores.argmax(-1)
         probs = torch.softmax(scores / s.temperature, dim=-1)
         if self.generator is not None and self.generator.device != probs.device:
             self.generator = torch.Generator(probs.device).manual_seed(self.seed)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return torch.multinomial(probs, 1, generator=self.generator)[0]
 
     # --- questions (StreamSession.ask) ----------------------------------------------------------------------
     def snapshot(self, state: StreamingVLMState) -> Snapshot:
@@ -346,19 +354,21 @@ class StreamingVLMSessionBackend:
         positions = torch.cat([pending_positions, (torch.arange(len(question)) + start).expand(3, -1)], dim=1)
         if streamer is not None:
             streamer.put(question[None])
-        retained = [torch.cat([layout.ids(), question])]
+        retained = [torch.cat([layout.ids(), question]).to(self.model.device)]
 
-        def choose(scores: torch.Tensor) -> int:
+        def choose(scores: torch.Tensor) -> torch.Tensor:
             token = self.next_token(scores, torch.cat(retained), do_sample=do_sample)
-            retained.append(torch.tensor([token]))
-            if streamer is not None:
-                streamer.put(torch.tensor([token]))
+            retained.append(token)
             return token
+
+        def stream(tokens: list[int]) -> None:
+            if streamer is not None:
+                streamer.put(torch.tensor(tokens))
 
         try:
             logits = forward_embeds(self.model, cache, ids, positions)
             new = self.decoder.decode(cache, logits, start + len(question), max_new_tokens, choose,
-                                      self.ids["im_end"], keep=False)
+                                      self.ids["im_end"], keep=False, on_tokens=stream)
         finally:
             for layer in cache.layers:  # the stream's cache exactly as before the question
                 if layer.keys is not None:
