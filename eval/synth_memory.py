@@ -185,8 +185,18 @@ def stream_memories(vs, item: SynthQuestion, memories: tuple[str, ...], *, tick:
     return {name: (built[name], states[name]) for name in memories}
 
 
-def answer_from(vs, backend, memory, state, question: str, max_new_tokens: int) -> tuple[str, int]:
-    """Read ``memory``, splice its tokens into ``question``'s prompt and answer greedily; (text, visual tokens)."""
+WHOLE_FRAMES = ("kept_frames", "spatial_frames", "retrieved_frames")
+"""``MemoryOutput.extras`` naming the stream frames a read-out holds whole (one token group each): the frames a
+baseline kept, STAR's spatial window and retrieved frames. STAR's temporal clusters are averages, not counted."""
+
+
+def frames_held_whole(out) -> set[int]:
+    """Stream indices of the frames a memory read-out holds whole (:data:`WHOLE_FRAMES`)."""
+    return {int(i) for key in WHOLE_FRAMES if key in out.extras for i in out.extras[key].flatten().tolist()}
+
+
+def answer_from(vs, backend, memory, state, question: str, max_new_tokens: int) -> tuple[str, Any]:
+    """Read ``memory``, splice its tokens into ``question``'s prompt and answer greedily; (text, read-out)."""
     import torch
 
     from flash_vstream.inference.session_backends import Snapshot
@@ -197,14 +207,16 @@ def answer_from(vs, backend, memory, state, question: str, max_new_tokens: int) 
         prompt = backend.prompt(snapshot, question)
         new = backend.generate(snapshot, prompt, None, max_new_tokens=max_new_tokens, do_sample=False,
                                pad_token_id=vs.tokenizer.pad_token_id)
-    return vs.tokenizer.decode(new[0], skip_special_tokens=True).strip(), out.num_tokens
+    return vs.tokenizer.decode(new[0], skip_special_tokens=True).strip(), out
 
 
-def _record(item: SynthQuestion, memory: str, prediction: str, tokens: int, settings: SynthMemorySettings) -> dict:
+def _record(item: SynthQuestion, memory: str, prediction: str, out, settings: SynthMemorySettings) -> dict:
     q = item.question
+    needle = set(range(item.lead, item.lead + NEEDLE_FRAMES))
     return {"id": item.record_id(memory), "memory": memory, "distance": item.distance, "index": item.index,
             "seed": settings.seed, "lead": item.lead, "frames": item.num_frames, "form": q.form,
-            "question": q.text, "answer": q.answer, "prediction": prediction, "visual_tokens": tokens}
+            "question": q.text, "answer": q.answer, "prediction": prediction, "visual_tokens": out.num_tokens,
+            "needle_held": bool(needle & frames_held_whole(out))}
 
 
 def answer_question(vs, backend, item: SynthQuestion, settings: SynthMemorySettings, *, tick=lambda n: None):
@@ -213,8 +225,8 @@ def answer_question(vs, backend, item: SynthQuestion, settings: SynthMemorySetti
     records = []
     for name in settings.memories:
         memory, state = streamed[name]
-        text, tokens = answer_from(vs, backend, memory, state, item.question.text, settings.max_new_tokens)
-        records.append(_record(item, name, text, tokens, settings))
+        text, out = answer_from(vs, backend, memory, state, item.question.text, settings.max_new_tokens)
+        records.append(_record(item, name, text, out, settings))
     return records
 
 

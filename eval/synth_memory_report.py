@@ -10,11 +10,13 @@ without a prediction count as missing, never as wrong.
 
     {"benchmark": "synth-memory", "settings": {...}, "chance": 21.2,
      "visual_tokens": {"star": 202, "uniform": 202, "spatial": 192, "fifo": 202},
-     "accuracy": {"star": {"10": {"right": 40, "n": 100, "accuracy": 40.0}, ...}, ...},
+     "accuracy": {"star": {"10": {"right": 40, "n": 100, "accuracy": 40.0, "needle_held": 100.0}, ...}, ...},
      "counts": {"scored": 1600, "missing": 0}}
 
 ``chance`` is the accuracy of a guesser that knows the answer vocabulary (1/6 for a colour, 1/4 for a shape, 1/4
-for a letter), averaged over the run's questions. ``results.md`` is the markdown table; the plot (matplotlib, an
+for a letter), averaged over the run's questions. ``needle_held`` is the share of questions (%) whose read-out held a
+needle frame whole (``flash_vstream_eval.synth_memory.frames_held_whole``): what the decoder could read the answer
+from at full detail, whatever it then said. ``results.md`` is the markdown table; the plot (matplotlib, an
 optional extra) draws accuracy against distance on a log axis, one line per memory, chance dashed.
 """
 
@@ -28,7 +30,7 @@ from flash_vstream.data.accuracy import is_correct
 from flash_vstream.data.scenes import COLOURS, SHAPES
 from flash_vstream_eval.report import atomic_write
 
-__all__ = ["require_matplotlib", "results_table", "score_synth_memory", "summary_lines", "write_plot",
+__all__ = ["needle_table", "require_matplotlib", "results_table", "score_synth_memory", "summary_lines", "write_plot",
            "write_synth_results"]
 
 
@@ -68,7 +70,7 @@ def score_synth_memory(records: list[dict], settings) -> dict[str, Any]:
     for memory in settings.memories:
         accuracy[memory] = {}
         for distance in settings.distances:
-            right = n = 0
+            right = n = held = 0
             for index in range(settings.n):
                 item = questions[(distance, index)]
                 record = by_id.get(item.record_id(memory))
@@ -77,9 +79,11 @@ def score_synth_memory(records: list[dict], settings) -> dict[str, Any]:
                     continue
                 n += 1
                 right += int(is_correct(record["prediction"], item.question))
+                held += int(bool(record.get("needle_held")))
                 tokens.setdefault(memory, []).append(int(record.get("visual_tokens", -1)))
             accuracy[memory][str(distance)] = {"right": right, "n": n,
-                                               "accuracy": round(100.0 * right / n, 1) if n else None}
+                                               "accuracy": round(100.0 * right / n, 1) if n else None,
+                                               "needle_held": round(100.0 * held / n, 1) if n else None}
     chance = sum(_chance(q.question) for q in questions.values()) / len(questions)
     return {
         "benchmark": "synth-memory",
@@ -103,6 +107,16 @@ def results_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def needle_table(results: dict[str, Any]) -> str:
+    """The markdown table of how often each memory held a needle frame whole when asked (% of questions)."""
+    distances = results["settings"]["distances"]
+    lines = ["| memory | " + " | ".join(f"{d:,} frames" for d in distances) + " |",
+             "|---|" + "---:|" * len(distances)]
+    for memory, cells in results["accuracy"].items():
+        lines.append(f"| {memory} | " + " | ".join(_pct(cells[str(d)].get("needle_held")) for d in distances) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
@@ -113,7 +127,10 @@ def _markdown(results: dict[str, Any]) -> str:
             f"held-out split), greedy answers; chance (a guesser knowing the answer words) "
             f"{results['chance']:.1f}%.\n\n")
     counts = results["counts"]
-    return head + results_table(results) + f"\nCounts: scored {counts['scored']}, missing {counts['missing']}\n"
+    held = ("\n## Needle frames held whole at question time (% of questions)\n\nA baseline's kept frames, STAR's "
+            "spatial and retrieved frames (its temporal clusters, averages, are not counted).\n\n")
+    return (head + results_table(results) + f"\nCounts: scored {counts['scored']}, missing {counts['missing']}\n"
+            + held + needle_table(results))
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
