@@ -97,8 +97,12 @@ def warm_up(backend, pool: list[np.ndarray], seconds: int, profile: bool) -> Non
 
 
 def run_policy(vs, settings: StreamingVLMSettings, seconds: int, frame_size: tuple[int, int], segment: int,
-               device: torch.device, *, decode: str = "auto", warmup: int = 0, profile: bool = False) -> dict:
-    """Stream ``seconds`` chunks under ``settings``; per-chunk records and per-segment spreads."""
+               device: torch.device, *, decode: str = "auto", warmup: int = 0, profile: bool = False,
+               on_segment=None) -> dict:
+    """Stream ``seconds`` chunks under ``settings``; per-chunk records and per-segment spreads.
+
+    ``on_segment(partial)``, when given, gets the results so far after every segment (a run cut short keeps them).
+    """
     setattr(vs.model.config, SETTINGS_KEY, settings.__dict__)
     backend = StreamingVLMSessionBackend(vs, settings, previous_text="A basketball game: home team against the "
                                          "visitors, first quarter.", seed=0, decode=decode)
@@ -109,6 +113,12 @@ def run_policy(vs, settings: StreamingVLMSettings, seconds: int, frame_size: tup
     warmup_seconds = time.perf_counter() - began
     state = backend.init_state()
     records, oom_at = [], None
+
+    def results() -> dict:
+        return {"settings": settings.__dict__, "decode": backend.decoder.mode, "warmup_seconds": warmup_seconds,
+                "static_cache_slots": backend.decoder.max_cache_len, "compiles": backend.decoder.compiles,
+                "seconds_run": len(records), "oom_at_second": oom_at, "segments": summarise(records, segment),
+                "chunks": records}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(seconds):
@@ -146,11 +156,10 @@ def run_policy(vs, settings: StreamingVLMSettings, seconds: int, frame_size: tup
                 torch.cuda.reset_peak_memory_stats(device)
             print(f"{settings.policy}: {i + 1}/{seconds} s, last chunk {wall * 1e3:.0f} ms", file=sys.stderr,
                   flush=True)
+            if on_segment is not None:
+                on_segment(results())
     del state
-    return {"settings": settings.__dict__, "decode": backend.decoder.mode, "warmup_seconds": warmup_seconds,
-            "static_cache_slots": backend.decoder.max_cache_len, "compiles": backend.decoder.compiles,
-            "seconds_run": len(records), "oom_at_second": oom_at, "segments": summarise(records, segment),
-            "chunks": records}
+    return results()
 
 
 def summarise(records: list[dict], segment: int) -> list[dict]:
@@ -177,6 +186,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policies", default="streamingvlm,full,sliding,recompute")
     parser.add_argument("--seconds", type=int, default=600, help="seconds of stream per policy (default 600)")
+    parser.add_argument("--policy-seconds", default="",
+                        help="per-policy stream seconds overriding --seconds, e.g. streamingvlm=600,full=120")
     parser.add_argument("--segment", type=int, default=60, help="seconds per reported segment (default 60)")
     parser.add_argument("--restart-seconds", type=float, default=100.0, help="sliding: seconds between restarts")
     parser.add_argument("--decode", default="auto", choices=["auto", "eager", "static", "compiled"],
@@ -190,6 +201,12 @@ def main() -> None:
     bad = sorted(set(policies) - {"streamingvlm", "full", "sliding", "recompute"})
     if bad:
         raise SystemExit(f"--policies: unknown {bad}; choose from streamingvlm, full, sliding, recompute")
+    try:
+        policy_seconds = {k: int(v) for k, v in (item.split("=") for item in args.policy_seconds.split(",") if item)}
+    except ValueError:
+        raise SystemExit(f"--policy-seconds: expected policy=seconds pairs, got {args.policy_seconds!r}") from None
+    if sorted(set(policy_seconds) - set(policies)):
+        raise SystemExit(f"--policy-seconds: {sorted(set(policy_seconds) - set(policies))} not in --policies")
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     torch.manual_seed(0)
@@ -203,9 +220,15 @@ def main() -> None:
     results = {"environment": environment(device), "dtype": str(dtype), "frame_size": frame_size}
     with torch.inference_mode():
         for policy in policies:
-            results[policy] = run_policy(vs, base.replace(policy=policy), args.seconds, frame_size, args.segment,
+            def save(partial, policy=policy):
+                results[policy] = partial
+                if args.out:
+                    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+
+            seconds = policy_seconds.get(policy, args.seconds)
+            results[policy] = run_policy(vs, base.replace(policy=policy), seconds, frame_size, args.segment,
                                          device, decode=args.decode, warmup=args.warmup_seconds,
-                                         profile=args.profile)
+                                         profile=args.profile, on_segment=save)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if args.out:  # after every policy, so a run cut short keeps what it measured

@@ -82,3 +82,16 @@ def test_a_full_answer_of_max_tokens_and_a_longer_cache_grows_the_static_buffer(
     assert decoder.max_cache_len >= 2 * first and big.get_seq_length() == 8 * first
     with pytest.raises(ValueError, match="check_every"):
         decoder.decode(cache, logits, 5, 2, choose, STOP, keep=True, check_every=0)
+
+
+def test_a_much_shorter_cache_gets_a_fitted_static_buffer(model):
+    decoder = StreamDecoder(model, "static")
+    cache, logits = prefilled(model, length=5)
+    big = DynamicCache(config=model.config.text_config)
+    for layer, source in zip(big.layers, cache.layers, strict=True):
+        layer.update(source.keys.repeat(1, 1, 4000, 1), source.values.repeat(1, 1, 4000, 1))  # 20,000 tokens
+    choose, _ = scripted([40, 40])
+    decoder.decode(big, logits, 9, 1, choose, STOP, keep=False)
+    assert decoder.max_cache_len == 20480
+    decoder.decode(cache, logits, 5, 1, choose, STOP, keep=False)  # a restart: 5 tokens
+    assert decoder.max_cache_len == 4096

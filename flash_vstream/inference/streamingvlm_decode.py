@@ -17,7 +17,8 @@ Modes (those of :mod:`flash_vstream.inference.decode`): ``"eager"`` (forward on 
 
 The static cache is sized for the retained cache plus the tokens to decode, rounded up to
 :data:`CACHE_ROUNDING`; a longer cache later (the "full" policy's grows without bound) replaces it by one of twice
-the size, which compiles the step once more (counted in :attr:`StreamDecoder.compiles`).
+the size, and one needing a quarter of it or less (a restarted "sliding" cache) by a fitted one; each new size
+compiles the step once more (counted in :attr:`StreamDecoder.compiles`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_ROUNDING = 4096
 """Static cache lengths are multiples of this, so a stream's slowly varying cache length keeps one compiled size."""
+SHRINK_BELOW = 4
+"""A cache needing a quarter of the static buffer or less gets a smaller one (every step attends over the whole
+buffer, masked: a restarted "sliding" cache would otherwise pay for its longest past)."""
 
 
 class StreamDecoder:
@@ -148,11 +152,12 @@ class StreamDecoder:
 
     def _static_cache(self, cache: DynamicCache, needed: int) -> StaticCache:
         """The decoder's static cache holding ``cache``'s keys and values in its first slots."""
-        if self._static is None or needed > self.max_cache_len:
-            size = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
+        fitted = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
+        too_big = self._static is not None and fitted * SHRINK_BELOW <= self.max_cache_len
+        if self._static is None or needed > self.max_cache_len or too_big:
+            size = fitted if self._static is None or too_big else max(fitted, 2 * self.max_cache_len)
             if self._static is not None:
-                size = max(size, 2 * self.max_cache_len)
-                logger.info("StreamingVLM decode: the static cache grows to %d slots%s", size,
+                logger.info("StreamingVLM decode: the static cache becomes %d slots%s", size,
                             " (the decode step compiles again)" if self.mode == "compiled" else "")
             self._static = None  # free the old buffer before the new one is allocated
             self._static = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=size)
