@@ -13,8 +13,9 @@ features and read out for the same projector and decoder:
 
 For the two frame selectors, ``N`` is the fewest frames on which the offline STAR memory already gives its full
 budget (:func:`frames_at_budget`: ``spatial_frames + max(temporal_clusters, abstract_slots)``, 11 for the demo
-model): every selected frame keeps its own temporal cluster and abstract slot, so the tokens are those of a short
-clip, the layout the model was trained on (``[abstract; temporal; retrieved; spatial]``), and exactly the budget.
+model, 26 as released): the tokens are exactly the budget, in the layout the model was trained on
+(``[abstract; temporal; retrieved; spatial]``), and where ``temporal_clusters == abstract_slots`` (the released and
+the demo sizes) every selected frame keeps its own temporal cluster and abstract slot, as in a short clip.
 The spatial-only memory keeps ``N_s = budget // spatial_size**2`` frames, ``N_s * spatial_size**2`` tokens (192
 of the demo model's 202: the most whole frames that fit). :func:`budget_memory` builds any of them by name.
 
