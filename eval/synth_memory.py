@@ -30,11 +30,12 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy and the generator load when questions are made, not when `eval --help` is parsed
+    import numpy as np
 
-from flash_vstream.data.synthetic import Question, make_question, needle_scene, scene_seed
+    from flash_vstream.data.synthetic import Question
 
 __all__ = ["SynthMemorySettings", "SynthQuestion", "add_arguments", "make_questions", "run_synth_memory"]
 
@@ -114,6 +115,10 @@ def make_question_at(seed: int, index: int, distance: int, choice_rate: float = 
     The scene and the question come from the scene seed alone (the same at every distance); the lead frames
     from the scene seed and the distance.
     """
+    import numpy as np
+
+    from flash_vstream.data.synthetic import make_question, needle_scene, scene_seed
+
     value = scene_seed("heldout", seed, index)
     lead = int(np.random.default_rng((value, distance)).integers(LEAD_FRAMES[0], LEAD_FRAMES[1] + 1))
     rng = np.random.default_rng(value)
