@@ -147,3 +147,18 @@ def test_static_cache_decoding_gives_the_eager_tokens_and_cache(vs, policy):
     assert static_len == eager_len == eager_keys.shape[-2]
     torch.testing.assert_close(static_keys, eager_keys, rtol=1e-4, atol=1e-5)
     assert any(eager_said), "the tiny model should say something, or the test compares only silence"
+
+
+def test_the_settled_cache_estimate_bounds_a_stream_that_speaks_every_second(vs):
+    """The static cache is sized once from the settings: the cache plus one turn must never exceed it."""
+    settings = settings_of(vs.model).replace(do_sample=False, text_sink=6, text_window=6, vision_window=2,
+                                             text_rounds=3, max_new_tokens=5)
+    backend = StreamingVLMSessionBackend(vs, settings, decode="static")
+    state = backend.init_state()
+    frames = np.stack([frame for frame, _ in sample_frames()[:16]])
+    longest = 0
+    for i in range(0, len(frames), 2):
+        backend.step(state, frames[i: i + 2], np.arange(i, i + 2) / settings.fps)
+        longest = max(longest, state.layout.cached_length())
+    assert longest + settings.max_new_tokens <= backend.settled_cache_len() <= 2 * longest + 200
+    assert backend.decoder.max_cache_len == 4096  # one size for the whole stream

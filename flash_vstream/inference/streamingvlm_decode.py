@@ -49,13 +49,17 @@ class StreamDecoder:
         model: the Qwen2.5-VL model (``Qwen2_5_VLForConditionalGeneration``).
         mode: ``"auto"``, ``"eager"``, ``"static"`` or ``"compiled"``.
         compile_config: how the compiled mode compiles (default: transformers' ``CompileConfig()``).
+        min_cache_len: the static cache is never smaller (the length a stream's cache settles at, so the step is
+            compiled for one size while the windows fill).
 
     Raises:
         ValueError: for an unknown mode.
     """
 
-    def __init__(self, model, mode: str = "auto", *, compile_config: CompileConfig | None = None):
+    def __init__(self, model, mode: str = "auto", *, compile_config: CompileConfig | None = None,
+                 min_cache_len: int = 0):
         self.model = model
+        self.min_cache_len = min_cache_len
         self.mode = resolve_mode(mode, model.device)
         self.compile_config = compile_config if compile_config is not None else CompileConfig()
         self.compiles = 0
@@ -136,6 +140,14 @@ class StreamDecoder:
             if layer.keys is not None:
                 layer.keys, layer.values = layer.keys[..., : kept + keep, :], layer.values[..., : kept + keep, :]
 
+    def warmup(self, cache: DynamicCache, logits: torch.Tensor, position: int, tokens: int = 3) -> None:
+        """Compile and capture the step now (compiled mode only).
+
+        Decodes ``tokens`` greedy tokens after ``cache``, which is left as it was.
+        """
+        if self.mode == "compiled":
+            self.decode(cache, logits, position, tokens, lambda scores: scores.argmax(-1), -1, keep=False)
+
     # --- internals --------------------------------------------------------------------------------------------
 
     def _step_fn(self) -> Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]:
@@ -152,7 +164,7 @@ class StreamDecoder:
 
     def _static_cache(self, cache: DynamicCache, needed: int) -> StaticCache:
         """The decoder's static cache holding ``cache``'s keys and values in its first slots."""
-        fitted = -(-needed // CACHE_ROUNDING) * CACHE_ROUNDING
+        fitted = -(-max(needed, self.min_cache_len) // CACHE_ROUNDING) * CACHE_ROUNDING
         too_big = self._static is not None and fitted * SHRINK_BELOW <= self.max_cache_len
         if self._static is None or needed > self.max_cache_len or too_big:
             size = fitted if self._static is None or too_big else max(fitted, 2 * self.max_cache_len)

@@ -118,6 +118,8 @@ class StreamingVLMSessionBackend:
         seed: seed of the sampler (``do_sample``), for reproducible runs.
         decode: how tokens are decoded (:class:`~flash_vstream.inference.streamingvlm_decode.StreamDecoder`):
             "auto" (a static cache and a compiled step on CUDA, eager elsewhere), "eager", "static", "compiled".
+        warmup: compile the decode step here, sized for the cache the windows settle at (about 40 s on an H200
+            for the 7B shape), rather than in the stream's first second.
 
     Raises:
         ValueError: when a chunk is not a whole number of temporal patches.
@@ -125,7 +127,7 @@ class StreamingVLMSessionBackend:
 
     def __init__(self, vs, settings: StreamingVLMSettings | None = None, *, previous_text: str = "",
                  speak: bool = True, on_commentary: Callable[[Commentary], None] | None = None,
-                 seed: int | None = None, decode: str = "auto"):
+                 seed: int | None = None, decode: str = "auto", warmup: bool = True):
         self.vs, self.model, self.tokenizer = vs, vs.model, vs.tokenizer
         self.settings = settings or settings_of(vs.model)
         config = vs.model.config
@@ -152,10 +154,34 @@ class StreamingVLMSessionBackend:
             ("user_tail", "<|im_end|>\n"), ("assistant_head", "<|im_start|>assistant\n"),
             ("silent", "\n" + MARK), ("tail", "<|im_end|>\n"))}
         self.inv_freq = self.model.model.language_model.rotary_emb.inv_freq
-        self.decoder = StreamDecoder(self.model, decode)
+        evicting = self.settings.policy in ("streamingvlm", "recompute")
+        self.decoder = StreamDecoder(self.model, decode, min_cache_len=self.settled_cache_len() if evicting else 0)
         self._banned: torch.Tensor | None = None
+        if warmup:
+            self.warmup()
         if self.model.model.language_model.rotary_emb.attention_scaling != 1.0:
             raise ValueError("StreamingVLM delta rotations need RoPE without attention scaling (rope_type default)")
+
+    def settled_cache_len(self) -> int:
+        """An upper estimate of the tokens an evicting policy's cache settles at, plus one turn's speech.
+
+        Vision rounds at the largest frame, text rounds with a full turn and their markup, the full previous-text
+        block and the system turn.
+        """
+        s = self.settings
+        vision = s.max_pixels // (self.model.config.vision_config.patch_size * self.merge) ** 2 + 2
+        markup = 32  # "<|im_start|>user\nTime=...s", the turn ends and " ..."
+        system = len(self._encode(s.system_prompt)) + markup
+        return (s.vision_window * vision + s.text_rounds * (s.max_new_tokens + markup) + s.text_sink
+                + s.text_window + system + s.max_new_tokens)
+
+    def warmup(self) -> None:
+        """Compile the decode step now (compiled mode only): a few tokens after the system turn, then forgotten."""
+        if self.decoder.mode != "compiled":
+            return
+        state = self.init_state()
+        logits = self._prefill(state, {})
+        self.decoder.warmup(state.cache, logits, state.layout.next_position)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
