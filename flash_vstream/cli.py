@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flash_vstream.data.cli import add_make_data_command
     from flash_vstream.inference.stream_cli import add_stream_command
     from flash_vstream.serve.command import add_serve_command
+    from flash_vstream.train.checkpoint_cli import add_checkpoint_command
     from flash_vstream.train.commands import add_data_commands
     from flash_vstream.train.extract_cli import add_extract_command
     from flash_vstream.train.train_cli import add_train_command
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub, add_model_arguments=add_model_arguments, model_options=model_options)
     add_train_command(sub)
     add_data_commands(sub)
+    add_checkpoint_command(sub)
     add_extract_command(sub)
     add_make_data_command(sub)
     for entry in entry_points(group="flash_vstream.commands"):

@@ -38,6 +38,7 @@ from flash_vstream.distributed import cleanup_distributed, init_distributed, pri
 from flash_vstream.train.callbacks import ConfigIntoCheckpoints, MetricsJsonl
 from flash_vstream.train.config import CONFIG_FILE, ConfigError, TrainConfig, config_to_dict, dump_config
 from flash_vstream.train.start import FAMILY_TRAINING, StartPoint, build_start
+from flash_vstream.train.world_size import join_deepspeed, prepare_resume
 
 __all__ = ["ADAPTER_DIR", "FlashVStreamTrainer", "RunResult", "SeededLengthGroupedSampler", "run_training"]
 
@@ -176,6 +177,8 @@ def run_training(config: TrainConfig, callbacks: list | tuple = ()) -> RunResult
     if resume is not None:
         for line in changed_settings(resume / CONFIG_FILE, config):
             print0(f"train: resuming with a changed setting: {line}")
+        prepare_resume(resume, args, world_size)  # another process count: DeepSpeed's universal checkpoint
+    join_deepspeed(args)  # before from_pretrained partitions a ZeRO-3 model
     if rank == 0:
         dump_config(config, output_dir)
     print0(f"train: {world_size} process(es), run folder {output_dir}" + (f", resuming {resume}" if resume else ""))
