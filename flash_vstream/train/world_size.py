@@ -1,4 +1,4 @@
-"""Resuming a DeepSpeed ZeRO checkpoint on another number of processes, through DeepSpeed's universal checkpoint.
+"""Resuming a DeepSpeed ZeRO-3 checkpoint on another number of processes, through DeepSpeed's universal checkpoint.
 
 A ZeRO checkpoint (``RUN/checkpoint-K/global_stepK/``) holds the fp32 weights and the optimizer state split into
 one file per process, and DeepSpeed loads it only on the number of processes that wrote it. Its universal checkpoint
@@ -14,9 +14,10 @@ once (rank 0, with DeepSpeed's ``ds_to_universal``) into a sibling folder of the
       global_stepK_universal/    written on the first resume at another process count, reused after
       latest_universal           "global_stepK_universal" (written last: its presence marks a finished conversion)
 
-The rest of the checkpoint (scheduler, trainer state, data position) does not depend on the process count. Each
-process draws its own random numbers, so dropout does not continue the same stream on another count (the per-rank
-RNG files are not used); without dropout the losses continue exactly.
+ZeRO-1/2 checkpoints are refused on another count: converted the same way, they resumed with wrong weights (the
+losses jumped), without any error. The rest of the checkpoint (scheduler, trainer state, data position) does not
+depend on the process count. Each process draws its own random numbers, so dropout does not continue the same
+stream on another count (the per-rank RNG files are not used); without dropout the losses continue exactly.
 
 :func:`join_deepspeed` lets DeepSpeed see the process group before a ZeRO-3 model is built (``from_pretrained``
 partitions it at load time, and on CPUs nothing else has told DeepSpeed how many processes there are yet).
@@ -136,6 +137,15 @@ def prepare_resume(checkpoint: Path, args, world_size: int) -> bool:
         )
     if saved.world_size == world_size:
         return False
+    if saved.stage != 3:
+        # Tried: ds_to_universal + load_universal on a ZeRO-2 checkpoint of this trainer resumes with wrong
+        # weights (the losses jump), silently; refusing is the honest answer.
+        raise ConfigError(
+            f"resume checkpoint {checkpoint} is a ZeRO-1/2 checkpoint saved by {saved.world_size} process(es), and "
+            f"this run has {world_size}: only ZeRO-3 checkpoints resume on another process count. Resume on "
+            f"{saved.world_size} process(es), or start a new run from `flash-vstream checkpoint consolidate` "
+            "(weights only; the optimizer state starts afresh)"
+        )
     print0(
         f"train: {checkpoint} was saved by {saved.world_size} process(es), this run has {world_size}: "
         "resuming from its universal checkpoint"
@@ -146,17 +156,22 @@ def prepare_resume(checkpoint: Path, args, world_size: int) -> bool:
 
 
 def convert_to_universal(checkpoint: Path) -> Path:
-    """Write ``checkpoint``'s universal checkpoint beside its ZeRO one (once); returns its folder.
+    """Write a ZeRO-3 ``checkpoint``'s universal checkpoint beside its ZeRO one (once); returns its folder.
 
     A finished conversion (``latest_universal`` present and naming an existing folder) is reused; a folder left by
     an interrupted one is removed and written again. Nothing of the ZeRO checkpoint is changed.
 
     Raises:
-        ValueError: for a folder holding no ZeRO checkpoint.
+        ValueError: for a folder holding no ZeRO-3 checkpoint.
     """
     saved = read_zero_checkpoint(checkpoint)
     if saved is None:
         raise ValueError(f"{checkpoint} holds no DeepSpeed ZeRO checkpoint (no 'latest' file); nothing to convert")
+    if saved.stage != 3:
+        raise ValueError(
+            f"{checkpoint} is a ZeRO-1/2 checkpoint; only ZeRO-3 checkpoints are converted (ZeRO-2 ones resumed from "
+            "their universal checkpoint with wrong weights). Resume it on the process count that saved it"
+        )
     out = saved.folder / f"{saved.tag}{UNIVERSAL_SUFFIX}"
     marker = saved.folder / LATEST_UNIVERSAL
     if marker.is_file() and (saved.folder / marker.read_text().strip() / "zero").is_dir():

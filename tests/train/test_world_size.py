@@ -23,7 +23,7 @@ from trainerfixtures import ASSETS, REPO, TRAIN_CONFIGS, step_losses
 
 from flash_vstream.train.config import ConfigError
 from flash_vstream.train.consolidate import consolidate, gathered_state_dict
-from flash_vstream.train.world_size import prepare_resume, read_zero_checkpoint
+from flash_vstream.train.world_size import convert_to_universal, prepare_resume, read_zero_checkpoint
 
 pytest.importorskip("deepspeed")
 LAUNCHER = shutil.which("deepspeed")
@@ -187,4 +187,11 @@ def test_resumes_that_cannot_work_are_refused_naming_the_fix(tmp_path):
     with pytest.raises(ConfigError, match=r"saved with ZeRO-3, but training\.deepspeed zero2\.json runs ZeRO-2: "
                                           r"resume with the stage it was saved with"):
         prepare_resume(zero3, run_args(2), world_size=1)
+    # ZeRO-2 universal resumes came back with wrong weights (the step-3 loss jumped by 0.05): refused.
+    with pytest.raises(ConfigError, match=r"is a ZeRO-1/2 checkpoint saved by 2 process\(es\), and this run has 1: "
+                                          r"only ZeRO-3 .* Resume on 2 process\(es\), or .* consolidate"):
+        prepare_resume(zero_folder(tmp_path / "zero2", 2, 2), run_args(2), world_size=1)
+    assert prepare_resume(tmp_path / "zero2", run_args(2), world_size=2) is False
+    with pytest.raises(ValueError, match=r"is a ZeRO-1/2 checkpoint; only ZeRO-3 checkpoints are converted"):
+        convert_to_universal(tmp_path / "zero2")
     assert prepare_resume(plain, run_args(None), world_size=3) is False  # no DeepSpeed: the Trainer's own resume
