@@ -99,8 +99,12 @@ def test_two_process_checkpoint_resumes_on_one_process(flash_start, two_process_
     universal = checkpoint / f"global_step{SAVE}_universal"
     assert (checkpoint / "latest_universal").read_text() == universal.name
     # One folder per trained parameter, as DeepSpeed's own gathering names them, and the optimizer's settings.
+    gathered = gathered_state_dict(checkpoint)
     names = sorted(p.name for p in (universal / "zero").iterdir() if p.is_dir())
-    assert names == sorted(gathered_state_dict(checkpoint)) and (universal / "zero" / "optimizer_state.pt").is_file()
+    assert names == sorted(gathered) and (universal / "zero" / "optimizer_state.pt").is_file()
+    for name, weight in gathered.items():  # (ZeRO-2's conversion fails exactly this: its fp32 values are wrong)
+        flat = torch.load(universal / "zero" / name / "fp32.pt", weights_only=True)
+        assert torch.equal(flat.view(-1), weight.view(-1)), name
     after = digests(checkpoint)
     assert {k: v for k, v in after.items() if k in before} == before  # the ZeRO checkpoint is untouched
     assert all(k.startswith(("latest_universal", universal.name)) for k in set(after) - set(before))
