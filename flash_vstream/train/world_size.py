@@ -138,8 +138,8 @@ def prepare_resume(checkpoint: Path, args, world_size: int) -> bool:
     if saved.world_size == world_size:
         return False
     if saved.stage != 3:
-        # Tried: ds_to_universal + load_universal on a ZeRO-2 checkpoint of this trainer resumes with wrong
-        # weights (the losses jump), silently; refusing is the honest answer.
+        # Tried: a ZeRO-2 checkpoint's param_slice_mappings name the flat buffer's slices in another order than
+        # they are stored, so ds_to_universal writes wrong weights and the resumed losses jump, silently.
         raise ConfigError(
             f"resume checkpoint {checkpoint} is a ZeRO-1/2 checkpoint saved by {saved.world_size} process(es), and "
             f"this run has {world_size}: only ZeRO-3 checkpoints resume on another process count. Resume on "
