@@ -110,8 +110,8 @@ def prepare_resume(checkpoint: Path, args, world_size: int) -> bool:
         world_size: processes of this run.
 
     Raises:
-        ConfigError: for a checkpoint this run cannot load (DeepSpeed on one side only, another ZeRO stage),
-            naming the fix.
+        ConfigError: for a checkpoint this run cannot load (DeepSpeed on one side only, another ZeRO stage, a
+            ZeRO-1/2 checkpoint of another process count), naming the fix.
     """
     saved = read_zero_checkpoint(checkpoint)
     stage = _zero_stage(args)
