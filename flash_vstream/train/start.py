@@ -298,6 +298,9 @@ def lora_config(model, family: str, lora: LoraArgs):
 def apply_lora(model, family: str, lora: LoraArgs):
     """``model`` wrapped by PEFT with LoRA adapters; only adapters and ``modules_to_save`` train.
 
+    Adapters on 16-bit layers are fp32 without DeepSpeed and in their layer's dtype under DeepSpeed (a live
+    DeepSpeed config, as ``TrainingArguments(deepspeed=...)`` sets), so every trained parameter has one dtype.
+
     Raises:
         ImportError: when peft is not installed (``pip install peft``).
         ConfigError: when the targets match no module.
@@ -306,7 +309,15 @@ def apply_lora(model, family: str, lora: LoraArgs):
         from peft import get_peft_model
     except ImportError as err:
         raise ImportError("LoRA training needs peft: pip install 'peft>=0.13'") from err
+    from transformers.integrations.deepspeed import deepspeed_config
+
+    # PEFT upcasts bf16/fp16 adapters to fp32 by default, for an optimizer that steps the parameters themselves
+    # (kept without DeepSpeed). Under DeepSpeed the engine keeps fp32 master weights of everything trained, and
+    # its ZeRO-3 flattens the trained partitions into one buffer of one dtype: a ZeRO-3 model is partitioned in
+    # the 16-bit dtype at load and never cast again, so fp32 adapters beside the 16-bit ``modules_to_save`` copy
+    # fail its start (ZeRO-1/2 would cast them down themselves). There the adapters keep their layer's dtype.
+    upcast = deepspeed_config() is None
     try:
-        return get_peft_model(model, lora_config(model, family, lora))
+        return get_peft_model(model, lora_config(model, family, lora), autocast_adapter_dtype=upcast)
     except ValueError as err:  # peft: "Target modules ... not found in the base model"
         raise ConfigError(f"model.lora.target_modules: {err}") from None
