@@ -298,8 +298,9 @@ def lora_config(model, family: str, lora: LoraArgs):
 def apply_lora(model, family: str, lora: LoraArgs):
     """``model`` wrapped by PEFT with LoRA adapters; only adapters and ``modules_to_save`` train.
 
-    Adapters on 16-bit layers are fp32 without DeepSpeed and in their layer's dtype under DeepSpeed (a live
-    DeepSpeed config, as ``TrainingArguments(deepspeed=...)`` sets), so every trained parameter has one dtype.
+    Adapters on 16-bit layers are fp32 without DeepSpeed, and in their layer's dtype under DeepSpeed (a live
+    DeepSpeed config, as ``TrainingArguments(deepspeed=...)`` sets), where every trained parameter then has one
+    dtype, as ZeRO-3 requires.
 
     Raises:
         ImportError: when peft is not installed (``pip install peft``).
