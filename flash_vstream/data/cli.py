@@ -35,12 +35,16 @@ def add_make_data_command(sub) -> None:
     synthetic.add_argument("--turns", type=int, default=1, help="questions per clip, as dialogue turns (default 1)")
     synthetic.add_argument("--choice-rate", type=float, default=0.3,
                            help="share of questions in multiple-choice form (default 0.3)")
+    synthetic.add_argument("--needle-frames", type=int, nargs=2, default=[100, 10_000], metavar=("LOW", "HIGH"),
+                           help="stream lengths of needle clips, drawn log-uniformly (default 100 10000)")
     synthetic.set_defaults(func=run_synthetic)
     start = kinds.add_parser("demo-start", help="the untrained demo model (training start point)")
     start.add_argument("--out", required=True, help="output folder")
     start.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    start.add_argument("--pretrain-steps", type=int, default=300,
-                       help="steps of vision-tower pre-training on per-patch colour/shape labels (default 300)")
+    start.add_argument("--pretrain-steps", type=int, default=3000,
+                       help="steps of vision-tower pre-training on per-patch colour/shape labels (default 3000)")
+    start.add_argument("--readout-steps", type=int, default=600,
+                       help="steps fitting the projector into the decoder's word space (default 600; 0: none)")
     start.set_defaults(func=run_demo_start)
     ship = kinds.add_parser("demo-ship", help="package a trained demo run with its manifest")
     ship.add_argument("--run", required=True, help="the training run folder (training.output_dir)")
@@ -59,10 +63,11 @@ def run_synthetic(args: argparse.Namespace) -> int:
 
     if args.turns < 1:
         raise ValueError(f"--turns must be >= 1, got {args.turns}")
-    if "needle" in args.kinds and args.turns != 1:
-        raise ValueError("needle clips take one question; pass --turns 1 with --kinds needle")
+    low, high = args.needle_frames
+    if not 3 <= low <= high:
+        raise ValueError(f"--needle-frames LOW HIGH must satisfy 3 <= LOW <= HIGH, got {low} {high}")
     path = write_dataset(Path(args.out), split=args.split, seed=args.seed, n=args.n, kinds=tuple(args.kinds),
-                         turns=args.turns, choice_rate=args.choice_rate)
+                         turns=args.turns, choice_rate=args.choice_rate, needle_frames=(low, high))
     print(f"wrote {args.n} clips and {path} (media root {args.out})")
     return 0
 
@@ -70,7 +75,8 @@ def run_synthetic(args: argparse.Namespace) -> int:
 def run_demo_start(args: argparse.Namespace) -> int:
     from flash_vstream.data.demo import write_demo_start
 
-    out = write_demo_start(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps)
+    out = write_demo_start(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps,
+                           readout_steps=args.readout_steps)
     print(f"wrote the untrained demo model to {out}")
     return 0
 

@@ -40,6 +40,13 @@ MEMORY = dict(spatial_frames=1, spatial_size=4, temporal_clusters=10, temporal_s
               abstract_size=1, retrieved_frames=1, attention_dim=16)
 
 
+EMBEDDING_STD = 0.5
+"""Init std of the decoder's input embeddings (LLaMA's is 0.02). At 0.02 AdamW at the recipe's learning rate
+rewrites every word vector within a few dozen steps, and the projector's start in word space
+(:mod:`~flash_vstream.data.readout`) is lost before the decoder can use it; the decoder's RMSNorms make the scale
+otherwise immaterial."""
+
+
 def demo_model_dir() -> Path:
     """The shipped demo model's folder.
 
@@ -112,7 +119,8 @@ def demo_config(vocab_size: int, small: bool = False):
     )
 
 
-def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretrain_steps: int = 0) -> Path:
+def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretrain_steps: int = 0,
+                     readout_steps: int = 0) -> Path:
     """Write the demo model's training start point (seeded random weights) and its tokenizer.
 
     Args:
@@ -120,7 +128,10 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
         seed: seed of the weights and of the vision pre-training frames.
         small: the much smaller variant (:data:`SMALL`).
         pretrain_steps: steps of vision-tower pre-training on per-patch labels first
-            (:func:`~flash_vstream.data.pretrain.pretrain_vision`); 0: none.
+            (:func:`~flash_vstream.data.pretrain.pretrain_vision`, also at the memory's pooled grid); 0: none.
+        readout_steps: steps fitting the projector into the decoder's word space after that
+            (:func:`~flash_vstream.data.readout.fit_projector`), then the decoder's first layer gets its binding
+            head (:func:`~flash_vstream.data.readout.wire_binding_head`); 0: neither.
     """
     import torch
 
@@ -132,11 +143,20 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
     torch.manual_seed(seed)
     model = FlashVStreamForCausalLM(demo_config(len(tokenizer), small=small))
     _rescale_projector(model.projector)
+    with torch.no_grad():  # see EMBEDDING_STD
+        model.get_input_embeddings().weight.normal_(0.0, EMBEDDING_STD)
     if pretrain_steps:
         from flash_vstream.data.pretrain import pretrain_vision
 
-        losses = pretrain_vision(model, steps=pretrain_steps, seed=seed)
+        losses = pretrain_vision(model, steps=pretrain_steps, seed=seed, pool_size=model.memory.config.spatial_size)
         print(f"vision pre-training: loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    if readout_steps:
+        from flash_vstream.data.readout import fit_projector, wire_binding_head
+
+        fit = fit_projector(model, tokenizer, seed=seed, steps=readout_steps)
+        print("projector in word space: relative mse {mse_end:.3f}, nearest word right on object tokens: colour "
+              "{colour:.1%}, shape {shape:.1%}".format(**fit))
+        wire_binding_head(model, tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -409,12 +409,13 @@ def write_frames(sample: SyntheticSample, folder) -> None:
 
 
 def write_dataset(out, *, split: str = "train", seed: int = 0, n: int = 1000, kinds=SHORT_KINDS, turns: int = 1,
-                  choice_rate: float = 0.3):
+                  choice_rate: float = 0.3, needle_frames: tuple[int, int] = (100, 10_000)):
     """Write ``n`` samples as frame folders ``out/clips/<id>/`` and the rows as ``out/<split>.json``.
 
     The data file reads with ``flash-vstream data check --data out/<split>.json --media-root out`` and trains with
     ``data.data: out/<split>.json``, ``data.media_root: out``. Frame folders are read at 1 fps, one frame per
-    second of the clip, which is what the STAR family samples.
+    second of the clip, which is what the STAR family samples. ``needle`` clips get one question whatever
+    ``turns`` is, and a stream length drawn from ``needle_frames``.
 
     Returns:
         The data file's path.
@@ -424,7 +425,8 @@ def write_dataset(out, *, split: str = "train", seed: int = 0, n: int = 1000, ki
 
     out = Path(out)
     rows = []
-    for sample in make_samples(split, seed, n, tuple(kinds), turns=turns, choice_rate=choice_rate):
+    for sample in make_samples(split, seed, n, tuple(kinds), turns=turns, choice_rate=choice_rate,
+                               needle_frames=needle_frames):
         media = f"clips/{sample.id}"
         write_frames(sample, out / media)
         rows.append(sample_row(sample, media))
