@@ -2,8 +2,9 @@
 
 - ``make-data synthetic --out DIR --n N --seed S [--split train|heldout] [--kinds ...] [--turns T]``: frame
   folders ``DIR/clips/<id>/`` and the LLaVA-style ``DIR/<split>.json`` (``flash-vstream data check`` reads it);
-- ``make-data demo-start --out DIR [--seed S] [--pretrain-steps N]``: the demo model's start point (random
-  weights, the vision tower pre-trained on per-patch labels) and its word tokenizer, for ``configs/train/demo.yaml``;
+- ``make-data demo-start --out DIR [--seed S] [--pretrain-steps N] [--readout-steps N]``: the demo model's start
+  point (random weights, the vision tower pre-trained on per-patch labels, the projector fitted into the decoder's
+  word space, a binding head) and its word tokenizer, for ``configs/train/demo.yaml``;
 - ``make-data demo-ship --run DIR --out DIR --seed S``: copy a trained demo run into a model folder with its
   ``MANIFEST.json`` (what ``flash_vstream/demo/`` holds).
 """

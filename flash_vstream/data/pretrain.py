@@ -4,8 +4,9 @@ A vision tower trained from scratch only through the language model's answers me
 the decoder cannot learn which visual token a question is about before the tower tells shapes apart, and the tower
 gets no useful gradient before the decoder attends to the right token (training sits on the answer prior). The
 generator knows what every pixel shows (:func:`~flash_vstream.data.scenes.object_map`), so the tower is first
-taught, with two linear heads on the features that feed the memory, the colour and the shape of the object
-covering each patch. The heads are thrown away; the tower keeps learning in the main training run.
+taught, with linear heads on the features that feed the memory, the colour and the shape of the object covering
+each patch and where that object's centre is (optionally also at the memory's pooled grid). The heads are thrown
+away; the tower is frozen in the main training run.
 
 Shapes: t: frames, n: patches per frame, d: vision width, g: patch-grid side.
 """
