@@ -147,3 +147,17 @@ def test_every_kind_is_generated():
     kinds = {s.questions[0].kind for s in make_samples("train", 0, len(KINDS), KINDS,
                                                           needle_frames=(100, 120))}
     assert kinds == set(KINDS)
+
+
+def test_a_mixed_set_gives_needle_clips_one_question_and_the_asked_lengths(tmp_path, capsys):
+    from flash_vstream.cli import main
+
+    assert main(["make-data", "synthetic", "--out", str(tmp_path), "--n", "4", "--turns", "3",
+                 "--kinds", "colour", "needle", "--needle-frames", "20", "30"]) == 0
+    rows = json.loads((tmp_path / "train.json").read_text())
+    assert [(r["kinds"][0], len(r["kinds"])) for r in rows] == [("colour", 3), ("needle", 1)] * 2
+    for row in rows[1::2]:
+        assert 20 <= row["num_frames"] <= 30 and len(row["conversations"]) == 2
+        assert len(list((tmp_path / row["video"]).glob("*.png"))) == row["num_frames"]
+    assert main(["make-data", "synthetic", "--out", str(tmp_path), "--n", "1", "--needle-frames", "30", "20"]) == 2
+    assert "--needle-frames" in capsys.readouterr().err
