@@ -395,7 +395,8 @@ def add_arguments(run: argparse.ArgumentParser, score: argparse.ArgumentParser) 
                                help=f"frames per second of video streamed (default {defaults.fps:g})")
             group.add_argument("--query", default=defaults.query,
                                help="instruction given with the first second (default: the model's own)")
-            group.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed of the commentary")
+            group.add_argument("--seed", type=int, default=defaults.seed,
+                               help="commentary sampling seed (inf_streams) or question-set seed (synth-memory)")
         else:
             group.add_argument("--reference", type=Path, default=None,
                                help="the reference model's commentary (its predictions.jsonl, or "
