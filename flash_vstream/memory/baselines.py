@@ -146,6 +146,22 @@ class _KeptFrames(VideoMemory[FrameState]):
         state.frame_times[:keep] = window_times[-keep:]
         state.count = keep
 
+    @torch.no_grad()
+    def update(self, state: FrameState, features: torch.Tensor, times: torch.Tensor | None = None) -> FrameState:
+        """Push ``(n, p*p, d)`` new frames; the window keeps the newest ``N``. Returns ``state`` itself.
+
+        The spatial and FIFO memories' update; the uniform memory keeps its own frames instead.
+        """
+        new = self._pool(features, "update")
+        n = new.shape[0]
+        if n == 0:
+            return state
+        device = state.frames.device
+        ids = torch.arange(state.frames_seen, state.frames_seen + n, device=device)
+        self._push_window(state, new.to(device), ids, _times(times, n, state.frames_seen, device))
+        state.frames_seen += n
+        return state
+
     def random_features(self, num_frames: int, *, grid_hw: tuple[int, int] | None = None,
                         generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                         device: torch.device | str | None = None) -> torch.Tensor:
@@ -189,18 +205,6 @@ class SpatialOnlyMemory(_KeptFrames):
         """A CPU-sized instance for tests: 4x4 input grid, 6 channels, 3 frames of 2x2."""
         return cls(3, spatial_size=2, feature_grid=4, feature_dim=6)
 
-    @torch.no_grad()
-    def update(self, state: FrameState, features: torch.Tensor, times: torch.Tensor | None = None) -> FrameState:
-        """Push ``(n, p*p, d)`` new frames; the window keeps the newest ``N``. Returns ``state`` itself."""
-        new = self._pool(features, "update")
-        n = new.shape[0]
-        if n == 0:
-            return state
-        device = state.frames.device
-        ids = torch.arange(state.frames_seen, state.frames_seen + n, device=device)
-        self._push_window(state, new.to(device), ids, _times(times, n, state.frames_seen, device))
-        state.frames_seen += n
-        return state
 
     @torch.no_grad()
     def read(self, state: FrameState) -> MemoryOutput:
@@ -280,18 +284,6 @@ class FifoFrameMemory(_OfflineOverFrames):
         {'abstract': 3, 'temporal': 4, 'retrieved': 8, 'spatial': 4}
     """
 
-    @torch.no_grad()
-    def update(self, state: FrameState, features: torch.Tensor, times: torch.Tensor | None = None) -> FrameState:
-        """Push ``(n, p*p, d)`` new frames; the window keeps the newest ``N``. Returns ``state`` itself."""
-        new = self._pool(features, "update")
-        n = new.shape[0]
-        if n == 0:
-            return state
-        device = state.frames.device
-        ids = torch.arange(state.frames_seen, state.frames_seen + n, device=device)
-        self._push_window(state, new.to(device), ids, _times(times, n, state.frames_seen, device))
-        state.frames_seen += n
-        return state
 
     def compress(self, features: torch.Tensor, times: torch.Tensor | None = None) -> MemoryOutput:
         """The offline memory of the clip's newest ``N`` frames."""
