@@ -305,8 +305,8 @@ def videomme_official(root: Path, video: Path) -> Path:
 class FakeChatServer:
     """An OpenAI-compatible ``POST /v1/chat/completions`` endpoint on 127.0.0.1 for judge tests.
 
-    ``respond(body, headers)`` returns ``(status, payload bytes)`` for each request; every request is kept in
-    ``requests`` as ``{"path", "headers", "json"}``.
+    ``respond(body, headers)`` returns ``(status, payload bytes)``, or ``(status, payload bytes, response
+    headers)``, for each request; every request is kept in ``requests`` as ``{"path", "headers", "json"}``.
     """
 
     def __init__(self, respond) -> None:
@@ -320,8 +320,10 @@ class FakeChatServer:
             def do_POST(self):  # noqa: N802 - http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append({"path": self.path, "headers": dict(self.headers), "json": body})
-                status, payload = respond(body, self.headers)
+                status, payload, *extra = respond(body, self.headers)
                 self.send_response(status)
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

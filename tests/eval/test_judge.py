@@ -2,11 +2,10 @@
 
 import json
 import socket
-import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from evalfixtures import FakeChatServer
 
 from flash_vstream_eval.judge import (
     DEFAULT_JUDGE_MODEL,
@@ -28,50 +27,18 @@ def chat_reply(content):
     return 200, {}, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
 
 
-class FakeOpenAI:
-    """Answers POST /v1/chat/completions from a script; the last entry repeats once the script runs out."""
+class FakeOpenAI(FakeChatServer):
+    """Answers POST /v1/chat/completions from a script of ``(status, headers, text)``; the last entry repeats once
+    the script runs out."""
 
     def __init__(self, script):
         self.script = list(script)
-        self.requests = []
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                seen = {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
-                fake.requests.append(seen)
-                entry = fake.script.pop(0) if len(fake.script) > 1 else fake.script[0]
-                status, headers, text = entry
-                payload = text.encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+        def respond(body, headers):
+            status, reply_headers, text = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+            return status, text.encode(), reply_headers
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-
-    @property
-    def base_url(self):
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(respond)
 
 
 @pytest.fixture
@@ -79,13 +46,13 @@ def serve():
     servers = []
 
     def start(*script):
-        server = FakeOpenAI(script).__enter__()
+        server = FakeOpenAI(script)
         servers.append(server)
         return server
 
     yield start
     for server in servers:
-        server.__exit__(None, None, None)
+        server.close()
 
 
 def make_judge(server, **kwargs):
