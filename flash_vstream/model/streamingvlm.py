@@ -306,7 +306,8 @@ def make_tiny_streamingvlm(out_dir: str | Path, variant: str = FAMILY, *, layout
         ValueError: for an unknown variant, layout or weights format.
     """
     from flash_vstream.model.qwen2vl_checkpoints import to_published_state_dict
-    from flash_vstream.model.tiny_qwen2vl import prepare_tiny_dir, released_config_dict, write_weights
+    from flash_vstream.model.tiny import prepare_tiny_dir
+    from flash_vstream.model.tiny_qwen2vl import released_config_dict, write_weights
     from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer
 
     if variant != FAMILY:

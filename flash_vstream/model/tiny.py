@@ -28,6 +28,25 @@ from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer, write_tiny_
 VARIANTS = ("star-vicuna", "star-qwen2")
 
 
+def prepare_tiny_dir(out_dir: str | Path, layout: str, weights_format: str) -> Path:
+    """Check a tiny checkpoint's layout and weights format, create ``out_dir`` and clear earlier weights from it.
+
+    Weights of an earlier run left in the directory would otherwise be loaded with the new ones.
+
+    Raises:
+        ValueError: for an unknown layout or weights format.
+    """
+    if layout not in ("own", "released"):
+        raise ValueError(f"layout must be 'own' or 'released', got {layout!r}")
+    if weights_format not in ("safetensors", "bin"):
+        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.safetensors"), *out.glob("*.bin"), *out.glob("*.index.json")]:
+        stale.unlink()
+    return out
+
+
 def tiny_clip_config() -> CLIPVisionConfig:
     return CLIPVisionConfig(
         hidden_size=32,
@@ -102,12 +121,7 @@ def make_tiny_star(
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown tiny variant {variant!r}; choose one of {VARIANTS}")
-    if layout not in ("own", "released"):
-        raise ValueError(f"layout must be 'own' or 'released', got {layout!r}")
-    if weights_format not in ("safetensors", "bin"):
-        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_tiny_dir(out_dir, layout, weights_format)
     decoder = "llama" if variant == "star-vicuna" else "qwen2"
     if layout == "released":  # the released repository's LLaMA SentencePiece tokenizer.model
         write_tiny_sentencepiece_tokenizer(out)

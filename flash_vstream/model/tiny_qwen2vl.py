@@ -33,6 +33,7 @@ from transformers import GenerationConfig
 from flash_vstream.memory.flash import FlashMemoryConfig
 from flash_vstream.model.qwen2vl import backbone_for
 from flash_vstream.model.qwen2vl_checkpoints import to_published_state_dict
+from flash_vstream.model.tiny import prepare_tiny_dir
 from flash_vstream.model.tiny_tokenizer import build_tiny_tokenizer
 
 VARIANTS = {"flash-qwen2vl": "qwen2_vl", "flash-qwen2_5vl": "qwen2_5_vl"}
@@ -115,25 +116,6 @@ def tiny_flash_config(tokenizer=None, *, variant: str = "flash-qwen2vl", **memor
         **ids,
         **TINY_TEXT,
     )
-
-
-def prepare_tiny_dir(out_dir: str | Path, layout: str, weights_format: str) -> Path:
-    """Check a tiny checkpoint's layout and weights format, create ``out_dir`` and clear earlier weights from it.
-
-    Weights of an earlier run left in the directory would otherwise be loaded with the new ones.
-
-    Raises:
-        ValueError: for an unknown layout or weights format.
-    """
-    if layout not in ("own", "released"):
-        raise ValueError(f"layout must be 'own' or 'released', got {layout!r}")
-    if weights_format not in ("safetensors", "bin"):
-        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("*.safetensors"), *out.glob("*.bin"), *out.glob("*.index.json")]:
-        stale.unlink()
-    return out
 
 
 def make_tiny_flash(
