@@ -102,14 +102,22 @@ def quiet_load_report():
         report_logger.removeFilter(not_a_load_report)
 
 
-def _describe_mismatch(path: Path, missing: set[str], unexpected: set[str]) -> str:
-    lines = [f"checkpoint {path} does not match the model its config declares:"]
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {', '.join(sorted(missing)[:20])}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(sorted(unexpected)[:20])}")
-    lines.append("Use a checkpoint saved by flash-vstream or one in the released Flash-VStream-7b layout.")
+def key_mismatch_message(header: str, groups: dict[str, set[str] | list[str]], fix: str) -> str:
+    """A strict-loading error: ``header``, each non-empty group of names (count, first 20, sorted), ``fix``."""
+    lines = [header]
+    for label, names in groups.items():
+        if names:
+            lines.append(f"  {label} ({len(names)}): {', '.join(sorted(names)[:20])}")
+    lines.append(fix)
     return "\n".join(lines)
+
+
+def _describe_mismatch(path: Path, missing: set[str], unexpected: set[str]) -> str:
+    return key_mismatch_message(
+        f"checkpoint {path} does not match the model its config declares:",
+        {"missing keys": missing, "unexpected keys": unexpected},
+        "Use a checkpoint saved by flash-vstream or one in the released Flash-VStream-7b layout.",
+    )
 
 
 def _load_clip_from_tower(model, config: FlashVStreamConfig) -> None:

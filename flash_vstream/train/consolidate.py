@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flash_vstream.model.checkpoints import key_mismatch_message
 from flash_vstream.train.config import CONFIG_FILE, dump_config, load_train_config
 from flash_vstream.train.world_size import read_zero_checkpoint
 
@@ -106,13 +107,10 @@ def load_trained(model, state: dict, checkpoint: Path) -> None:
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
     missing, unexpected = sorted(trained - set(state)), sorted(set(state) - known)
     if missing or unexpected:
-        lines = [f"the ZeRO checkpoint {checkpoint} does not match the model its {CONFIG_FILE} builds:"]
-        if missing:
-            lines.append(f"  trained parameters missing ({len(missing)}): {', '.join(missing[:20])}")
-        if unexpected:
-            lines.append(f"  unknown names ({len(unexpected)}): {', '.join(unexpected[:20])}")
-        lines.append("Consolidate with the start model and LoRA settings the run trained with.")
-        raise ValueError("\n".join(lines))
+        raise ValueError(key_mismatch_message(
+            f"the ZeRO checkpoint {checkpoint} does not match the model its {CONFIG_FILE} builds:",
+            {"trained parameters missing": missing, "unknown names": unexpected},
+            "Consolidate with the start model and LoRA settings the run trained with."))
     try:
         model.load_state_dict(state, strict=False)  # frozen parameters stay the start model's
     except RuntimeError as err:  # shape mismatches
