@@ -31,7 +31,7 @@ from transformers import CompileConfig, DynamicCache, StaticCache
 
 from flash_vstream.inference.decode import resolve_mode
 
-__all__ = ["CACHE_ROUNDING", "StreamDecoder"]
+__all__ = ["CACHE_ROUNDING", "StreamDecoder", "crop_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +136,7 @@ class StreamDecoder:
                 for source, target in zip(static.layers, cache.layers, strict=True):
                     target.update(source.keys[:, :, kept: kept + keep], source.values[:, :, kept: kept + keep])
             return
-        for layer in cache.layers:  # eager: tokens decoded past a stop, or an answer's, were fed into it
-            if layer.keys is not None:
-                layer.keys, layer.values = layer.keys[..., : kept + keep, :], layer.values[..., : kept + keep, :]
+        crop_cache(cache, kept + keep)  # eager: tokens decoded past a stop, or an answer's, were fed into it
 
     def warmup(self, cache: DynamicCache, logits: torch.Tensor, position: int, tokens: int = 3) -> None:
         """Compile and capture the step now (compiled mode only).
@@ -183,3 +181,10 @@ class StreamDecoder:
             if source.keys is not None and source.keys.shape[-2]:
                 target.update(source.keys, source.values)  # writes slots [0, L) and sets the layer's length
         return self._static
+
+
+def crop_cache(cache: DynamicCache, length: int) -> None:
+    """Keep the first ``length`` tokens of every layer of ``cache`` (views: nothing is copied)."""
+    for layer in cache.layers:
+        if layer.keys is not None:
+            layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]

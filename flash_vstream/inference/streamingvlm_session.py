@@ -47,7 +47,7 @@ from flash_vstream.inference.streamingvlm_cache import (
     text_block,
     vision_block,
 )
-from flash_vstream.inference.streamingvlm_decode import StreamDecoder
+from flash_vstream.inference.streamingvlm_decode import StreamDecoder, crop_cache
 from flash_vstream.model.streamingvlm import StreamingVLMSettings, encode_video, forward_embeds, settings_of
 from flash_vstream.vision.qwen2vl import FlashFrameProcessor
 
@@ -396,9 +396,7 @@ class StreamingVLMSessionBackend:
             new = self.decoder.decode(cache, logits, start + len(question), max_new_tokens, choose,
                                       self.ids["im_end"], keep=False, on_tokens=stream)
         finally:
-            for layer in cache.layers:  # the stream's cache exactly as before the question
-                if layer.keys is not None:
-                    layer.keys, layer.values = layer.keys[..., :kept, :], layer.values[..., :kept, :]
+            crop_cache(cache, kept)  # the stream's cache exactly as before the question
             if streamer is not None:
                 streamer.end()
         return torch.tensor([new], dtype=torch.long)
