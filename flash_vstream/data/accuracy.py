@@ -37,14 +37,20 @@ def is_correct(prediction: str, question: Question) -> bool:
 
 @dataclass
 class Accuracy:
-    """Right and asked counts by question kind."""
+    """Right and asked counts by question kind, and by kind and form (``"colour/short"``, ``"colour/choice"``)."""
 
     right: dict[str, int] = field(default_factory=dict)
     asked: dict[str, int] = field(default_factory=dict)
+    form_right: dict[str, int] = field(default_factory=dict)
+    form_asked: dict[str, int] = field(default_factory=dict)
 
-    def add(self, kind: str, ok: bool) -> None:
+    def add(self, kind: str, ok: bool, form: str | None = None) -> None:
         self.asked[kind] = self.asked.get(kind, 0) + 1
         self.right[kind] = self.right.get(kind, 0) + int(ok)
+        if form is not None:
+            key = f"{kind}/{form}"
+            self.form_asked[key] = self.form_asked.get(key, 0) + 1
+            self.form_right[key] = self.form_right.get(key, 0) + int(ok)
 
     def of(self, *kinds: str) -> float:
         """Accuracy over ``kinds`` pooled, in [0, 1]."""
@@ -56,6 +62,11 @@ class Accuracy:
     def table(self) -> dict[str, dict]:
         return {k: {"right": self.right[k], "asked": n, "accuracy": round(self.right[k] / n, 4)}
                 for k, n in sorted(self.asked.items())}
+
+    def form_table(self) -> dict[str, dict]:
+        """Like :meth:`table`, by ``"kind/form"``: a model can know an answer and still miss the letter."""
+        return {k: {"right": self.form_right[k], "asked": n, "accuracy": round(self.form_right[k] / n, 4)}
+                for k, n in sorted(self.form_asked.items())}
 
 
 def evaluate(model, *, seed: int = 0, n: int = 600, kinds: tuple[str, ...] = SHORT_KINDS,
@@ -77,5 +88,5 @@ def evaluate(model, *, seed: int = 0, n: int = 600, kinds: tuple[str, ...] = SHO
     for sample in make_samples("heldout", seed, n, tuple(kinds), choice_rate=choice_rate):
         question = sample.questions[0]
         answer = model.answer(question.text, frames=render(sample.scene), max_new_tokens=max_new_tokens)
-        result.add(question.kind, is_correct(answer, question))
+        result.add(question.kind, is_correct(answer, question), question.form)
     return result

@@ -91,8 +91,9 @@ def run_demo_ship(args: argparse.Namespace) -> int:
     model = load_model(args.run, device="cpu", dtype="float32", decode="eager")
     accuracy = evaluate(model, seed=args.eval_seed, n=args.eval_n, kinds=EVAL_KINDS)
     extra = {"heldout": {"seed": args.eval_seed, "n": args.eval_n, "kinds": list(EVAL_KINDS),
-                         "accuracy": accuracy.table()}}
+                         "accuracy": accuracy.table(), "accuracy_by_form": accuracy.form_table()}}
     manifest = ship_demo(Path(args.run), Path(args.out), commands=commands, seed=args.seed, extra=extra)
     print(json.dumps(accuracy.table()))
+    print(json.dumps(accuracy.form_table()))
     print(f"wrote {manifest}")
     return 0
