@@ -320,6 +320,7 @@ def build_config(tree: dict, where: str = "config") -> TrainConfig:
         training_tree = tree.get("training") or {}
         if not training_tree.get("output_dir"):  # transformers would default it to ./trainer_output
             raise ConfigError("training.output_dir is required: the run folder (checkpoints, metrics, the model)")
+        _check_deepspeed_precision(model.dtype, training_tree)
         training = build_training_arguments(_with_defaults(training_tree))
         resume = tree.get("resume", "auto")
         if not isinstance(resume, str):
@@ -327,6 +328,25 @@ def build_config(tree: dict, where: str = "config") -> TrainConfig:
         return TrainConfig(model=model, data=data, training=training, resume=resume)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+_PRECISION_FLAG = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+def _check_deepspeed_precision(dtype: str, training: dict) -> None:
+    """Refuse 16-bit weights under DeepSpeed without its matching mixed-precision mode.
+
+    Checked on the raw values, before ``TrainingArguments`` exists: building one with ``deepspeed`` set leaves
+    transformers' process-wide DeepSpeed config alive. Without ``bf16``/``fp16`` DeepSpeed runs its fp32 path:
+    it keeps no fp32 master copy, so the optimizer would step the 16-bit weights themselves.
+    """
+    flag = _PRECISION_FLAG.get(dtype)
+    if flag is None or not training.get("deepspeed") or training.get(flag) is True:
+        return
+    raise ConfigError(
+        f"model.dtype {dtype} under DeepSpeed needs training.{flag}: true (DeepSpeed then keeps fp32 master "
+        f"weights); set it, or use model.dtype: float32"
+    )
 
 
 def _with_defaults(training: dict) -> dict:

@@ -88,6 +88,14 @@ def test_bad_keys_and_values_are_named(minimal, override, message):
         load_train_config(minimal, [override])
 
 
+@pytest.mark.parametrize(("dtype", "flag"), [("bfloat16", "bf16"), ("float16", "fp16")])
+def test_16_bit_weights_under_deepspeed_need_its_mixed_precision(minimal, dtype, flag):
+    with pytest.raises(ConfigError, match=rf"model\.dtype {dtype} under DeepSpeed needs training\.{flag}: true"):
+        load_train_config(minimal, [f"model.dtype={dtype}", "training.deepspeed=configs/deepspeed/zero2.json"])
+    # without DeepSpeed the same weights are accepted (the refusal is DeepSpeed's fp32 path only)
+    assert load_train_config(minimal, [f"model.dtype={dtype}"]).model.dtype == dtype
+
+
 def test_overrides_must_be_key_value():
     for bad in ("training.max_steps", "=3", "training..max_steps=3"):
         with pytest.raises(ConfigError, match="KEY=VALUE"):
