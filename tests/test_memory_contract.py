@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from flash_vstream.memory import registered_memories
+from tests.memoryfixtures import stream
 
 SPECS = registered_memories()
 
@@ -40,16 +41,6 @@ def features(case, num_frames, seed=0, dtype=torch.float32):
     spec, memory = case
     generator = torch.Generator().manual_seed(seed)
     return memory.random_features(num_frames, grid_hw=spec.grid_hw, generator=generator, dtype=dtype)
-
-
-def stream(memory, feats, chunks, state=None):
-    state = memory.init_state() if state is None else state
-    start = 0
-    for size in chunks:
-        assert memory.update(state, feats[start:start + size]) is state
-        start += size
-    assert start == len(feats)
-    return state
 
 
 def chunkings(n):

@@ -45,12 +45,12 @@ class Accuracy:
     form_asked: dict[str, int] = field(default_factory=dict)
 
     def add(self, kind: str, ok: bool, form: str | None = None) -> None:
-        self.asked[kind] = self.asked.get(kind, 0) + 1
-        self.right[kind] = self.right.get(kind, 0) + int(ok)
+        keyed = [(kind, self.right, self.asked)]
         if form is not None:
-            key = f"{kind}/{form}"
-            self.form_asked[key] = self.form_asked.get(key, 0) + 1
-            self.form_right[key] = self.form_right.get(key, 0) + int(ok)
+            keyed.append((f"{kind}/{form}", self.form_right, self.form_asked))
+        for key, right, asked in keyed:
+            asked[key] = asked.get(key, 0) + 1
+            right[key] = right.get(key, 0) + int(ok)
 
     def of(self, *kinds: str) -> float:
         """Accuracy over ``kinds`` pooled, in [0, 1]."""
@@ -60,13 +60,15 @@ class Accuracy:
         return sum(self.right.get(k, 0) for k in kinds) / asked
 
     def table(self) -> dict[str, dict]:
-        return {k: {"right": self.right[k], "asked": n, "accuracy": round(self.right[k] / n, 4)}
-                for k, n in sorted(self.asked.items())}
+        return _rows(self.right, self.asked)
 
     def form_table(self) -> dict[str, dict]:
         """Like :meth:`table`, by ``"kind/form"``: a model can know an answer and still miss the letter."""
-        return {k: {"right": self.form_right[k], "asked": n, "accuracy": round(self.form_right[k] / n, 4)}
-                for k, n in sorted(self.form_asked.items())}
+        return _rows(self.form_right, self.form_asked)
+
+
+def _rows(right: dict[str, int], asked: dict[str, int]) -> dict[str, dict]:
+    return {k: {"right": right[k], "asked": n, "accuracy": round(right[k] / n, 4)} for k, n in sorted(asked.items())}
 
 
 def evaluate(model, *, seed: int = 0, n: int = 600, kinds: tuple[str, ...] = SHORT_KINDS,

@@ -209,3 +209,22 @@ def register_memory(
 def registered_memories() -> dict[str, MemorySpec]:
     """Name -> :class:`MemorySpec` of every registered memory (a copy)."""
     return dict(_MEMORIES)
+
+
+def require_int(name: str, value, minimum: int) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
+
+
+def frame_times(times: torch.Tensor | None, n: int, offset: int, device, unit: str = "frame") -> torch.Tensor:
+    """``(n,)`` float32 timestamps on ``device``: the given ones, or ``offset, offset + 1, ...``.
+
+    Raises:
+        ValueError: when ``times`` is not one timestamp per ``unit``.
+    """
+    if times is None:
+        return torch.arange(offset, offset + n, device=device, dtype=torch.float32)
+    if tuple(times.shape) != (n,):
+        raise ValueError(f"times must have shape ({n},), one timestamp per {unit}; got {tuple(times.shape)}.")
+    return times.to(device=device, dtype=torch.float32)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flash_vstream.memory.base import MemoryOutput, MemoryState, VideoMemory
+from flash_vstream.memory.base import MemoryOutput, MemoryState, VideoMemory, frame_times, require_int
 from flash_vstream.memory.pooling import pool_grid
 from flash_vstream.memory.star import StarMemory
 from flash_vstream.video.sampling import uniform_indices
@@ -75,19 +75,6 @@ class FrameState(MemoryState):
         return [self.frames, self.frame_ids, self.frame_times]
 
 
-def _require_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
-
-
-def _times(times: torch.Tensor | None, n: int, offset: int, device) -> torch.Tensor:
-    if times is None:
-        return torch.arange(offset, offset + n, device=device, dtype=torch.float32)
-    if tuple(times.shape) != (n,):
-        raise ValueError(f"times must have shape ({n},), one timestamp per frame; got {tuple(times.shape)}.")
-    return times.to(device=device, dtype=torch.float32)
-
-
 class _KeptFrames(VideoMemory[FrameState]):
     """Shared part of the baselines: ``N`` kept frames pooled to a ``S x S`` grid; subclasses choose which.
 
@@ -102,7 +89,7 @@ class _KeptFrames(VideoMemory[FrameState]):
         super().__init__()
         for name, value in (("num_frames", num_frames), ("spatial_size", spatial_size),
                             ("feature_grid", feature_grid), ("feature_dim", feature_dim)):
-            _require_int(name, value, minimum=1)
+            require_int(name, value, minimum=1)
         if feature_grid % spatial_size:
             raise ValueError(f"spatial_size={spatial_size} must divide feature_grid={feature_grid}.")
         self.num_frames, self.spatial_size = num_frames, spatial_size
@@ -158,7 +145,7 @@ class _KeptFrames(VideoMemory[FrameState]):
             return state
         device = state.frames.device
         ids = torch.arange(state.frames_seen, state.frames_seen + n, device=device)
-        self._push_window(state, new.to(device), ids, _times(times, n, state.frames_seen, device))
+        self._push_window(state, new.to(device), ids, frame_times(times, n, state.frames_seen, device))
         state.frames_seen += n
         return state
 
@@ -289,7 +276,7 @@ class FifoFrameMemory(_OfflineOverFrames):
         """The offline memory of the clip's newest ``N`` frames."""
         pooled = self._pool(features, "compress", pooled_ok=True)
         t = pooled.shape[0]
-        times = _times(times, t, 0, pooled.device)
+        times = frame_times(times, t, 0, pooled.device)
         keep = slice(max(t - self.num_frames, 0), t)
         return self._offline(pooled[keep], torch.arange(t, device=pooled.device)[keep], times[keep])
 
@@ -323,7 +310,7 @@ class UniformFrameMemory(_OfflineOverFrames):
 
     def __init__(self, star: StarMemory, stream_length: int, num_frames: int | None = None):
         super().__init__(star, num_frames)
-        _require_int("stream_length", stream_length, minimum=1)
+        require_int("stream_length", stream_length, minimum=1)
         self.stream_length = stream_length
         self.picks = torch.from_numpy(uniform_indices(stream_length, self.num_frames))  # (N,) non-decreasing
 
@@ -343,7 +330,7 @@ class UniformFrameMemory(_OfflineOverFrames):
             raise ValueError(f"UniformFrameMemory was built for a {self.stream_length}-frame stream; pushing frame "
                              f"{start + n - 1} goes past it. Build it with the stream's real length.")
         device = state.frames.device
-        times = _times(times, n, start, device)
+        times = frame_times(times, n, start, device)
         slots = torch.nonzero((self.picks >= start) & (self.picks < start + n)).flatten()  # (k,) picks in chunk
         if slots.numel():
             rows = (self.picks[slots] - start).to(features.device)
@@ -358,7 +345,7 @@ class UniformFrameMemory(_OfflineOverFrames):
         """The offline memory of ``N`` frames evenly spaced over the clip (its own length)."""
         pooled = self._pool(features, "compress", pooled_ok=True)
         t = pooled.shape[0]
-        times = _times(times, t, 0, pooled.device)
+        times = frame_times(times, t, 0, pooled.device)
         picks = torch.from_numpy(uniform_indices(t, self.num_frames)).to(pooled.device)
         return self._offline(pooled[picks], picks, times[picks])
 

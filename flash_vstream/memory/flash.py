@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flash_vstream.memory.base import MemoryOutput, MemoryState, VideoMemory
+from flash_vstream.memory.base import MemoryOutput, MemoryState, VideoMemory, frame_times
 from flash_vstream.memory.flash_config import (
     FIDELITY_MODES,
     PUBLISHED_KEYS,
@@ -156,7 +156,7 @@ class FlashMemory(VideoMemory[FlashMemoryState]):
         t = features.num_patches
         if t == 0:
             raise ValueError("FlashMemory.compress: features has 0 temporal patches; pass at least one.")
-        times = _patch_times(times, t, 0, features.low.device)
+        times = frame_times(times, t, 0, features.low.device, unit="temporal patch")
         csm = self._cluster(features.low, torch.ones(t, device=features.low.device), times)
         dam_idx = self._select_dam(csm, features.low, times)
         return self._output(features.high[dam_idx], times[dam_idx], csm, features.grid_hw, features.pool_size)
@@ -238,7 +238,7 @@ class FlashMemory(VideoMemory[FlashMemoryState]):
             return state
         device = state.device or features.low.device
         dtype = state.dtype or features.low.dtype
-        times = _patch_times(times, t, state.num_seen, device)
+        times = frame_times(times, t, state.num_seen, device, unit="temporal patch")
         low = features.low.to(device=device, dtype=dtype)
         high = features.high.to(device=self.config.bank_device or device, dtype=dtype)
         ones = torch.ones(t, device=device)
@@ -386,15 +386,6 @@ class FlashMemory(VideoMemory[FlashMemoryState]):
                 f"stream pool_size changed from {state.pool_size} to {features.pool_size}; encode every "
                 f"update with the same pool size (FlashMemoryConfig.temporal_poolsize)"
             )
-
-
-def _patch_times(times: torch.Tensor | None, t: int, offset: int, device: torch.device) -> torch.Tensor:
-    """``(t,)`` float32 timestamps on ``device``: the given ones, or ``offset, offset + 1, ...``."""
-    if times is None:
-        return torch.arange(offset, offset + t, dtype=torch.float32, device=device)
-    if tuple(times.shape) != (t,):
-        raise ValueError(f"times must have shape ({t},), one timestamp per temporal patch; got {tuple(times.shape)}")
-    return times.to(device=device, dtype=torch.float32)
 
 
 def _published_few_distinct(

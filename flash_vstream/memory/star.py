@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flash_vstream.memory.base import MemoryOutput, VideoMemory
+from flash_vstream.memory.base import MemoryOutput, VideoMemory, frame_times, require_int
 from flash_vstream.memory.kmeans import squared_distances, weighted_kmeans
 from flash_vstream.memory.pooling import pool_grid
 from flash_vstream.memory.star_state import FrameBank, StarState
@@ -71,9 +71,9 @@ class StarMemoryConfig:
         for name in ("spatial_frames", "spatial_size", "temporal_clusters", "temporal_size", "abstract_slots",
                      "abstract_size", "attention_dim", "kmeans_iters", "bank_capacity", "feature_grid",
                      "feature_dim"):
-            _require_int(name, getattr(self, name), minimum=1)
-        _require_int("retrieved_frames", self.retrieved_frames, minimum=0)
-        _require_int("seed", self.seed, minimum=0)
+            require_int(name, getattr(self, name), minimum=1)
+        require_int("retrieved_frames", self.retrieved_frames, minimum=0)
+        require_int("seed", self.seed, minimum=0)
         if not 0.0 <= self.update_ratio <= 1.0:
             raise ValueError(f"update_ratio={self.update_ratio!r} must lie in [0, 1].")
         if self.kmeans_tol < 0:
@@ -107,11 +107,6 @@ class StarMemoryConfig:
         if unknown:
             raise ValueError(f"StarMemoryConfig: unknown keys {unknown}; known keys are {sorted(known)}.")
         return cls(**values)
-
-
-def _require_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
 
 
 class LoadOnlyWeights(nn.Module):
@@ -268,7 +263,7 @@ class StarMemory(VideoMemory[StarState]):
         cfg = self.config
         self._check_features(features, "compress", pooled_ok=True)
         num_frames = features.shape[0]
-        times = self._frame_times(times, num_frames, 0, features.device)
+        times = frame_times(times, num_frames, 0, features.device)
         if features.shape[1] == cfg.spatial_size**2:
             pooled = features  # already pooled (pool_frames); pooling again would be the identity anyway
         else:
@@ -392,7 +387,7 @@ class StarMemory(VideoMemory[StarState]):
         if n == 0:
             return state
         device = state.spatial.device
-        times = self._frame_times(times, n, state.frames_seen, device)
+        times = frame_times(times, n, state.frames_seen, device)
         ids = torch.arange(state.frames_seen, state.frames_seen + n, device=device)
         state.frames_seen += n
         new = pool_grid(features.to(device), cfg.spatial_size, name="spatial_size").to(state.spatial.dtype)
@@ -546,12 +541,3 @@ class StarMemory(VideoMemory[StarState]):
             )
         if where == "compress" and features.shape[0] == 0:
             raise ValueError("StarMemory.compress: features has 0 frames; pass at least one frame.")
-
-    @staticmethod
-    def _frame_times(times, n: int, offset: int, device) -> torch.Tensor:
-        if times is None:
-            return torch.arange(offset, offset + n, device=device, dtype=torch.float32)
-        if times.shape != (n,):
-            got = tuple(times.shape)
-            raise ValueError(f"times must have shape ({n},), one timestamp per frame; got {got}.")
-        return times.to(device=device, dtype=torch.float32)

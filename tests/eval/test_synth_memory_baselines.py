@@ -17,6 +17,7 @@ from flash_vstream.memory.baselines import (
     star_budget,
 )
 from flash_vstream.memory.star import StarMemory, StarMemoryConfig
+from tests.memoryfixtures import stream
 
 
 def demo_star(dim=8):
@@ -32,16 +33,6 @@ def released_star(dim=4):
 
 def feats(star, t, seed=0):
     return star.random_features(t, generator=torch.Generator().manual_seed(seed))
-
-
-def stream(memory, features, chunks):
-    state = memory.init_state()
-    start = 0
-    for size in chunks:
-        assert memory.update(state, features[start:start + size]) is state
-        start += size
-    assert start == len(features)
-    return state
 
 
 def slow_pool(frames, side):
