@@ -80,6 +80,10 @@ def test_page_plays_the_sample_and_answers_a_question(server, browser):
     # The 7 s clip plays at real speed; at 2 frames per second of video time the page sends at most one frame per
     # half second of it (a slow tick may skip a slot), the last at its end.
     wait.until(lambda d: d.execute_script("return document.getElementById('video').ended"))
+    # The last frame may still be on its way after "ended": wait until the page has none left to send (its next
+    # slot lies past the clip's end, the rule its capture tick follows) and none in flight.
+    wait.until(lambda d: d.execute_script(
+        "return !tab.inFlight && tab.nextDue > document.getElementById('video').duration + 1e-6"))
     key = browser.execute_script("return tab.id")
     session = app.state.pool.get(key).session
     wait.until(lambda d: session.stats().frames_queued == 0 and session.stats().frames_seen >= 10)
