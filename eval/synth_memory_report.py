@@ -2,7 +2,7 @@
 
 Scoring makes every question of the run again from its settings (``run_config.json``) and checks each prediction
 against the regenerated answer (``flash_vstream.data.accuracy.is_correct``: lower-cased, punctuation and a leading
-"the" dropped, equal to the answer; the multiple-choice form: the first word is the right letter). A prediction
+"the" dropped, equal to the answer; the multiple-choice form: the last word is the right letter). A prediction
 whose question text differs from the regenerated one was made with other settings: an error naming it. Questions
 without a prediction count as missing, never as wrong.
 

@@ -17,6 +17,8 @@ from flash_vstream.data.synthetic import (
     SPLITS,
     make_sample,
     make_samples,
+    option_rows,
+    sample_row,
     scene_seed,
     write_dataset,
 )
@@ -103,6 +105,44 @@ def test_choice_form_lists_the_answer_under_its_letter():
         lines = question.text.splitlines()
         assert len(set(question.options)) == len(question.options) >= 2
         assert lines[1 + "ABCD".index(question.answer)].startswith(f"{question.answer}. ")
+        right = question.options["ABCD".index(question.answer)]
+        assert question.reply == f"{right} {question.answer}"
+
+
+def test_short_form_replies_with_the_answer_and_rows_train_on_replies():
+    sample = make_sample("train", 5, 3, SHORT_KINDS, turns=4, choice_rate=0.5)
+    row = sample_row(sample, "clips/x")
+    replies = [c["value"] for c in row["conversations"] if c["from"] == "gpt"]
+    assert replies == [q.reply for q in sample.questions]
+    assert {q.form for q in sample.questions} == {"short", "choice"}
+    assert all(q.reply == q.answer for q in sample.questions if q.form == "short")
+
+
+def test_option_rows_name_the_right_option_and_train_text_only(tmp_path):
+    from flash_vstream.cli import main
+    from flash_vstream.train.data import load_samples
+
+    for row in option_rows(seed=3, n=60):
+        question, reply = (c["value"] for c in row["conversations"])
+        first, *options, suffix = question.split("\n")
+        option, letter = reply.rsplit(" ", 1)
+        assert first == f"Which option is {option}?" and suffix == "Answer with the option's letter."
+        assert f"{letter}. {option}" in options and "video" not in row
+    path = tmp_path / "options.json"
+    assert main(["make-data", "options", "--out", str(path), "--n", "5", "--seed", "3"]) == 0
+    loaded = load_samples(path, media_root=tmp_path, strict=True)
+    assert len(loaded.samples) == 5 and all(not s.media for s in loaded.samples)
+    assert main(["make-data", "options", "--out", str(path), "--n", "0"]) == 2
+
+
+def test_choice_answers_are_scored_by_the_letter_said_last():
+    from flash_vstream.data.accuracy import is_correct
+
+    question = next(q for s in make_samples("heldout", 1, 10, ("colour",), choice_rate=1.0) for q in s.questions)
+    right = question.options["ABCD".index(question.answer)]
+    wrong = next(letter for letter in "ABCD" if letter != question.answer)
+    assert is_correct(question.reply, question) and is_correct(f"{question.answer}.", question)
+    assert not is_correct(f"{right} {wrong}", question) and not is_correct(right, question)
 
 
 def test_needle_is_on_screen_only_for_its_frames():

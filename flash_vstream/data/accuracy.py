@@ -3,7 +3,7 @@
 The held-out set is made by seed at call time (:func:`~flash_vstream.data.synthetic.make_samples` with
 ``split="heldout"``), rendered in memory and asked one question per clip, so nothing large is stored. An answer
 is right when, lower-cased and stripped of punctuation and a leading "the", it equals the expected answer (a
-letter for the multiple-choice form).
+letter, said last, for the multiple-choice form).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ def normalise(text: str) -> str:
 
 
 def is_correct(prediction: str, question: Question) -> bool:
-    """Whether ``prediction`` answers ``question`` (the choice form: its first word is the right letter)."""
+    """Whether ``prediction`` answers ``question`` (the choice form: its last word is the right letter, as in
+    ``"red B"`` or a bare ``"B"``)."""
     said = normalise(prediction)
     if question.form == "choice":
-        return said.split()[:1] == [question.answer.lower()]
+        return said.split()[-1:] == [question.answer.lower()]
     return said == normalise(question.answer)
 
 

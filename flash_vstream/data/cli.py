@@ -2,6 +2,8 @@
 
 - ``make-data synthetic --out DIR --n N --seed S [--split train|heldout] [--kinds ...] [--turns T]``: frame
   folders ``DIR/clips/<id>/`` and the LLaVA-style ``DIR/<split>.json`` (``flash-vstream data check`` reads it);
+- ``make-data options --out FILE --n N --seed S``: text-only rows that teach the multiple-choice look-up (each
+  question names an option; the reply is the option and its letter), the demo recipe's first training stage;
 - ``make-data demo-start --out DIR [--seed S] [--pretrain-steps N] [--readout-steps N]``: the demo model's start
   point (random weights, the vision tower pre-trained on per-patch labels, the projector fitted into the decoder's
   word space, a binding head) and its word tokenizer, for ``configs/train/demo.yaml``;
@@ -39,6 +41,11 @@ def add_make_data_command(sub) -> None:
     synthetic.add_argument("--needle-frames", type=int, nargs=2, default=[100, 10_000], metavar=("LOW", "HIGH"),
                            help="stream lengths of needle clips, drawn log-uniformly (default 100 10000)")
     synthetic.set_defaults(func=run_synthetic)
+    options = kinds.add_parser("options", help="text-only rows teaching the multiple-choice look-up")
+    options.add_argument("--out", required=True, help="the data file to write (a .json)")
+    options.add_argument("--n", type=int, default=4000, help="number of rows (default 4000)")
+    options.add_argument("--seed", type=int, default=0, help="seed of the rows (default 0)")
+    options.set_defaults(func=run_options)
     start = kinds.add_parser("demo-start", help="the untrained demo model (training start point)")
     start.add_argument("--out", required=True, help="output folder")
     start.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
@@ -70,6 +77,16 @@ def run_synthetic(args: argparse.Namespace) -> int:
     path = write_dataset(Path(args.out), split=args.split, seed=args.seed, n=args.n, kinds=tuple(args.kinds),
                          turns=args.turns, choice_rate=args.choice_rate, needle_frames=(low, high))
     print(f"wrote {args.n} clips and {path} (media root {args.out})")
+    return 0
+
+
+def run_options(args: argparse.Namespace) -> int:
+    from flash_vstream.data.synthetic import write_option_rows
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    path = write_option_rows(Path(args.out), seed=args.seed, n=args.n)
+    print(f"wrote {args.n} option look-up rows to {path}")
     return 0
 
 

@@ -16,7 +16,7 @@ kind         question (several phrasings each)                          answer
              shape seen for a few frames at a random time
 ===========  ==============================================================================================
 
-Each question also has a multiple-choice form (options ``A.``-``D.``, answered by the letter). Short clips (the
+Each question also has a multiple-choice form (options ``A.``-``D.``, answered by the option then its letter). Short clips (the
 first six kinds) have 6-10 frames, one per second; in them every object has its own colour and its own shape,
 so "the circle" and "the red object" always name one object. ``count`` clips have no appearing or leaving
 objects; ``order`` clips have objects appearing at distinct frames.
@@ -45,7 +45,7 @@ from flash_vstream.data.scenes import (
 from flash_vstream.data.spec import KINDS, SHORT_KINDS, SPLITS
 
 __all__ = ["KINDS", "SHORT_KINDS", "SPLITS", "Question", "SyntheticSample", "make_question", "make_sample",
-           "make_samples", "scene_seed", "vocabulary", "write_dataset"]
+           "make_samples", "option_rows", "scene_seed", "vocabulary", "write_dataset", "write_option_rows"]
 
 FORMS = ("short", "choice")
 LETTERS = "ABCD"
@@ -53,6 +53,12 @@ MAX_INDEX = 1_000_003
 """Samples per set are fewer than this (the multiplier of the seed in the scene-seed rule)."""
 EVENT_ANSWERS = {"appears": "appears", "leaves": "leaves", "changes": "changes colour", "flashes": "flashes"}
 CHOICE_SUFFIX = "Answer with the option's letter."
+OPTION_QUESTION = "Which option is {option}?"
+"""The question of an option look-up row (:func:`option_rows`): it names the option, so text alone answers it."""
+CHOICE_REPLY = "{option} {letter}"
+"""The reply the generator trains for the choice form: the option's text, then its letter ("red B"). Said in this
+order a small decoder picks the letter by finding the option it has just named, one look-up; letter first, it
+would have to know the answer and find its option before saying anything."""
 
 PHRASINGS = {
     "colour": (
@@ -114,9 +120,16 @@ class Question:
     text: str
     """The question as asked (with its options in the choice form)."""
     answer: str
-    """The exact expected answer."""
+    """The exact expected answer (the right option's letter in the choice form)."""
     options: tuple[str, ...] = ()
     """The choice form's options, in letter order."""
+
+    @property
+    def reply(self) -> str:
+        """The reply a model is trained on: the answer, or in the choice form :data:`CHOICE_REPLY`."""
+        if self.form != "choice":
+            return self.answer
+        return CHOICE_REPLY.format(option=self.options[LETTERS.index(self.answer)], letter=self.answer)
 
 
 @dataclass(frozen=True)
@@ -381,7 +394,7 @@ def sample_row(sample: SyntheticSample, media: str) -> dict:
     conversations = []
     for i, question in enumerate(sample.questions):
         text = f"<image>\n{question.text}" if i == 0 else question.text
-        conversations += [{"from": "human", "value": text}, {"from": "gpt", "value": question.answer}]
+        conversations += [{"from": "human", "value": text}, {"from": "gpt", "value": question.reply}]
     return {
         "id": sample.id,
         "video": media,
@@ -392,6 +405,36 @@ def sample_row(sample: SyntheticSample, media: str) -> dict:
         "num_frames": sample.scene.num_frames,
         **({"needle_frame": sample.needle_frame, **sample.meta} if sample.needle_frame is not None else {}),
     }
+
+
+def option_rows(seed: int, n: int) -> list[dict]:
+    """``n`` text-only rows that teach the choice form's look-up: each names an option, the reply is that option and
+    its letter (:data:`OPTION_QUESTION`, :data:`CHOICE_REPLY`).
+
+    A video question's choice reply names the option the clip shows, then its letter; the letter comes from finding
+    that option among the listed ones. Learnt from video questions alone, the look-up waits on knowing the answer,
+    and in the demo recipe's 2,000 steps it was never learnt (the letter stayed one constant). These rows teach it
+    first, from text: the options are a training clip's choice-form options, the question names the right one.
+    """
+    rows = []
+    for sample in make_samples("train", seed, n, SHORT_KINDS, choice_rate=1.0):
+        question = sample.questions[0]
+        option = question.options[LETTERS.index(question.answer)]
+        text = "\n".join([OPTION_QUESTION.format(option=option), *question.text.split("\n")[1:]])
+        rows.append({"id": f"options-{sample.id}", "conversations": [
+            {"from": "human", "value": text}, {"from": "gpt", "value": question.reply}]})
+    return rows
+
+
+def write_option_rows(path, *, seed: int = 0, n: int = 4000):
+    """Write :func:`option_rows` as a LLaVA-style data file at ``path`` (text only: no media root is read)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in option_rows(seed, n)) + "\n]\n")
+    return path
 
 
 def write_frames(sample: SyntheticSample, folder) -> None:
