@@ -106,18 +106,22 @@ def test_accuracy_counts_each_form_within_its_kind():
     }
 
 
-TARGETS_MISSED = (
-    "the shipped demo model is below the targets (see docs/demo.md for the measured figures); "
-    "retrain with a longer recipe and ship again"
+ATTRIBUTES_MISSED = (
+    "the shipped demo model is below the attribute target: motion is near chance (see docs/demo.md for the measured "
+    "figures); retrain with a recipe that teaches it and ship again"
 )
 
 
-@pytest.mark.xfail(strict=True, reason=TARGETS_MISSED)
-def test_shipped_model_meets_the_accuracy_targets(accuracy):
+@pytest.mark.xfail(strict=True, reason=ATTRIBUTES_MISSED)
+def test_shipped_model_meets_the_attribute_target(accuracy):
     from flash_vstream.data.accuracy import ATTRIBUTE_KINDS
 
     result, _ = accuracy
     assert result.of(*ATTRIBUTE_KINDS) >= 0.90, result.table()
+
+
+def test_shipped_model_meets_the_count_and_order_targets(accuracy):
+    result, _ = accuracy
     assert result.of("count") >= 0.75, result.table()
     assert result.of("order") >= 0.75, result.table()
 

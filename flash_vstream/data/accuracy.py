@@ -28,8 +28,10 @@ def normalise(text: str) -> str:
 
 
 def is_correct(prediction: str, question: Question) -> bool:
-    """Whether ``prediction`` answers ``question`` (the choice form: its last word is the right letter, as in
-    ``"red B"`` or a bare ``"B"``)."""
+    """Whether ``prediction`` answers ``question``.
+
+    The choice form is right when the reply's last word is the right letter (``"red B"``, or a bare ``"B"``).
+    """
     said = normalise(prediction)
     if question.form == "choice":
         return said.split()[-1:] == [question.answer.lower()]

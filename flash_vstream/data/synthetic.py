@@ -16,10 +16,10 @@ kind         question (several phrasings each)                          answer
              shape seen for a few frames at a random time
 ===========  ==============================================================================================
 
-Each question also has a multiple-choice form (options ``A.``-``D.``, answered by the option then its letter). Short clips (the
-first six kinds) have 6-10 frames, one per second; in them every object has its own colour and its own shape,
-so "the circle" and "the red object" always name one object. ``count`` clips have no appearing or leaving
-objects; ``order`` clips have objects appearing at distinct frames.
+Each question also has a multiple-choice form (options ``A.``-``D.``, answered by the option then its letter,
+:data:`CHOICE_REPLY`). Short clips (the first six kinds) have 6-10 frames, one per second; in them every object has
+its own colour and its own shape, so "the circle" and "the red object" always name one object. ``count`` clips
+have no appearing or leaving objects; ``order`` clips have objects appearing at distinct frames.
 
 **Splits.** The scene seed of sample ``index`` of a set made with ``seed`` is
 ``offset(split) + (seed * 1_000_003 + index) mod 2**31``, where ``offset("train") = 0`` and
@@ -116,7 +116,7 @@ class Question:
     kind: str
     """One of :data:`KINDS`."""
     form: str
-    """``"short"`` (answered by a word or a name) or ``"choice"`` (answered by a letter)."""
+    """``"short"`` (answered by a word or a name) or ``"choice"`` (by the option, then its letter)."""
     text: str
     """The question as asked (with its options in the choice form)."""
     answer: str
@@ -408,8 +408,9 @@ def sample_row(sample: SyntheticSample, media: str) -> dict:
 
 
 def option_rows(seed: int, n: int) -> list[dict]:
-    """``n`` text-only rows that teach the choice form's look-up: each names an option, the reply is that option and
-    its letter (:data:`OPTION_QUESTION`, :data:`CHOICE_REPLY`).
+    """``n`` text-only rows that teach the choice form's look-up (:data:`OPTION_QUESTION`, :data:`CHOICE_REPLY`).
+
+    Each row's question names one of its options; the reply is that option and its letter.
 
     A video question's choice reply names the option the clip shows, then its letter; the letter comes from finding
     that option among the listed ones. Learnt from video questions alone, the look-up waits on knowing the answer,
