@@ -52,7 +52,9 @@ def test_small_demo_recipe_retrains_and_its_loss_falls(tmp_path):
 def test_shipped_weights_match_the_manifest():
     manifest = json.loads((DEMO_DIR / MANIFEST).read_text())
     assert manifest["seed"] == 0
-    assert "flash-vstream train --config configs/train/demo.yaml" in manifest["commands"]
+    trains = [c for c in manifest["commands"] if c.startswith("flash-vstream train")]
+    assert trains == ["flash-vstream train --config configs/train/demo_options.yaml",
+                      "flash-vstream train --config configs/train/demo.yaml"]
     assert set(manifest["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
     for name, digest in manifest["files"].items():
         assert sha256(DEMO_DIR / name) == digest, name
