@@ -6,7 +6,7 @@
   question names an option; the reply is the option and its letter), the demo recipe's first training stage;
 - ``make-data demo-start --out DIR [--seed S] [--pretrain-steps N] [--readout-steps N]``: the demo model's start
   point (random weights, the vision tower pre-trained on per-patch labels, the projector fitted into the decoder's
-  word space, a binding head) and its word tokenizer, for ``configs/train/demo.yaml``;
+  word space, a binding head) and its word tokenizer, where ``configs/train/demo_options.yaml`` starts;
 - ``make-data demo-ship --run DIR --out DIR --seed S``: copy a trained demo run into a model folder with its
   ``MANIFEST.json`` (what ``flash_vstream/demo/`` holds).
 """
