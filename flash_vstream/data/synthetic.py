@@ -44,8 +44,9 @@ from flash_vstream.data.scenes import (
 )
 from flash_vstream.data.spec import KINDS, SHORT_KINDS, SPLITS
 
-__all__ = ["KINDS", "SHORT_KINDS", "SPLITS", "Question", "SyntheticSample", "make_question", "make_sample",
-           "make_samples", "option_rows", "scene_seed", "vocabulary", "write_dataset", "write_option_rows"]
+__all__ = ["KINDS", "SHORT_KINDS", "SPLITS", "Question", "SyntheticSample", "choice_text", "make_question",
+           "make_sample", "make_samples", "option_rows", "scene_seed", "vocabulary", "write_dataset",
+           "write_option_rows"]
 
 FORMS = ("short", "choice")
 LETTERS = "ABCD"
@@ -125,11 +126,16 @@ class Question:
     """The choice form's options, in letter order."""
 
     @property
+    def option(self) -> str:
+        """The choice form's right option (its text; :attr:`answer` is its letter)."""
+        return self.options[LETTERS.index(self.answer)]
+
+    @property
     def reply(self) -> str:
         """The reply a model is trained on: the answer, or in the choice form :data:`CHOICE_REPLY`."""
         if self.form != "choice":
             return self.answer
-        return CHOICE_REPLY.format(option=self.options[LETTERS.index(self.answer)], letter=self.answer)
+        return CHOICE_REPLY.format(option=self.option, letter=self.answer)
 
 
 @dataclass(frozen=True)
@@ -262,8 +268,12 @@ def _choice(rng: np.random.Generator, question: str, answer: str, pool: list[str
     others = [o for o in pool if o != answer]
     options = [answer, *rng.permutation(others)[: min(3, len(others))].tolist()]
     options = [str(o) for o in rng.permutation(options)]
-    lines = [question, *(f"{LETTERS[i]}. {o}" for i, o in enumerate(options)), CHOICE_SUFFIX]
-    return "\n".join(lines), LETTERS[options.index(answer)], tuple(options)
+    return choice_text(question, options), LETTERS[options.index(answer)], tuple(options)
+
+
+def choice_text(question: str, options) -> str:
+    """``question``, then one ``"A. option"`` line per option, then :data:`CHOICE_SUFFIX`."""
+    return "\n".join([question, *(f"{LETTERS[i]}. {o}" for i, o in enumerate(options)), CHOICE_SUFFIX])
 
 
 def make_question(rng: np.random.Generator, kind: str, scene: Scene, form: str) -> Question:
@@ -420,8 +430,7 @@ def option_rows(seed: int, n: int) -> list[dict]:
     rows = []
     for sample in make_samples("train", seed, n, SHORT_KINDS, choice_rate=1.0):
         question = sample.questions[0]
-        option = question.options[LETTERS.index(question.answer)]
-        text = "\n".join([OPTION_QUESTION.format(option=option), *question.text.split("\n")[1:]])
+        text = choice_text(OPTION_QUESTION.format(option=question.option), question.options)
         rows.append({"id": f"options-{sample.id}", "conversations": [
             {"from": "human", "value": text}, {"from": "gpt", "value": question.reply}]})
     return rows
@@ -429,12 +438,18 @@ def option_rows(seed: int, n: int) -> list[dict]:
 
 def write_option_rows(path, *, seed: int = 0, n: int = 4000):
     """Write :func:`option_rows` as a LLaVA-style data file at ``path`` (text only: no media root is read)."""
-    import json
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in option_rows(seed, n)) + "\n]\n")
+    return _write_rows(path, option_rows(seed, n))
+
+
+def _write_rows(path, rows: list[dict]):
+    """``rows`` as a JSON list at ``path``, one row per line (diffs and ``head`` stay readable)."""
+    import json
+
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
     return path
 
 
@@ -464,7 +479,6 @@ def write_dataset(out, *, split: str = "train", seed: int = 0, n: int = 1000, ki
     Returns:
         The data file's path.
     """
-    import json
     from pathlib import Path
 
     out = Path(out)
@@ -474,6 +488,4 @@ def write_dataset(out, *, split: str = "train", seed: int = 0, n: int = 1000, ki
         media = f"clips/{sample.id}"
         write_frames(sample, out / media)
         rows.append(sample_row(sample, media))
-    path = out / f"{split}.json"
-    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
-    return path
+    return _write_rows(out / f"{split}.json", rows)
