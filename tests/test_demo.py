@@ -188,6 +188,75 @@ def test_binding_head_refuses_a_decoder_too_narrow_for_it():
         wire_binding_head(model, tokenizer)
 
 
+def _motion_clip(model, tokenizer, motion: str, frames: int = 8):
+    """Hand-made memory tokens of a clip (oldest frame first, then a retrieved frame and the newest) in which the
+    yellow star moves ``motion`` and a blue circle stays put, with the question's text; ``(1, L, h)``."""
+    import torch
+
+    from flash_vstream.data.readout import position_axes
+
+    embedding = model.get_input_embeddings().weight.detach()
+
+    def word(name):
+        return embedding[tokenizer.convert_tokens_to_ids(name)]
+
+    marker, axes = embedding[tokenizer.pad_token_id], position_axes(embedding)
+    step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "static": (0, 0)}[motion]
+
+    def frame(t):
+        x, y = (0.8 * s * (t / (frames - 1) - 0.5) for s in step)
+        tokens = [marker] * 16  # half-covered object tokens, as the projector writes them
+        cell = int((y + 1) / 2 * 3.99) * 4 + int((x + 1) / 2 * 3.99)  # on the 4 x 4 grid; [-1, 1] coordinates
+        tokens[cell] = 0.5 * (word("yellow") + word("star") + torch.tensor([x, y]) @ axes) + marker
+        tokens[10] = 0.5 * (word("blue") + word("circle") + torch.tensor([0.3, 0.3]) @ axes) + marker  # the star
+        # only ever visits cells 5, 6 and 9
+        return tokens
+
+    clip = [frame(t) for t in range(frames)]
+    visual = [marker] * (frames - 1) + [tok for f in clip[:-1] for tok in f] + clip[3] + clip[-1]
+    text = [word(w) for w in ("Which", "way", "does", "the", "yellow", "star", "move", "?", "<|assistant|>")]
+    return torch.stack([word("<|user|>"), *visual, *text])[None]
+
+
+def test_motion_circuit_reads_which_way_the_named_object_moves():
+    """The wired circuit alone (every other weight random): the reply position's logits rank the direction the
+    star moved first among the four moving words, and favour "static" most when nothing moves."""
+    import torch
+
+    from flash_vstream.data.demo import build_demo_tokenizer, demo_config
+    from flash_vstream.data.motion_circuit import MOTION_WORDS, wire_motion_circuit
+    from flash_vstream.data.readout import wire_binding_head
+    from flash_vstream.model.modeling import FlashVStreamForCausalLM
+
+    tokenizer = build_demo_tokenizer()
+    torch.manual_seed(0)
+    model = FlashVStreamForCausalLM(demo_config(len(tokenizer))).eval()
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, 0.5)
+    wire_binding_head(model, tokenizer)
+    wire_motion_circuit(model, tokenizer)
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in MOTION_WORDS]
+    static_margin = {}
+    for motion in MOTION_WORDS:
+        with torch.no_grad():
+            logits = model.language_model(inputs_embeds=_motion_clip(model, tokenizer, motion)).logits[0, -1, ids]
+        if motion != "static":
+            assert MOTION_WORDS[int(logits[:4].argmax())] == motion, (motion, logits)
+        static_margin[motion] = float(logits[4] - logits[:4].max())
+    assert static_margin["static"] > max(v for k, v in static_margin.items() if k != "static"), static_margin
+
+
+def test_motion_circuit_refuses_a_decoder_too_narrow_for_it():
+    from flash_vstream.data.demo import build_demo_tokenizer, demo_config
+    from flash_vstream.data.motion_circuit import wire_motion_circuit
+    from flash_vstream.model.modeling import FlashVStreamForCausalLM
+
+    tokenizer = build_demo_tokenizer()
+    model = FlashVStreamForCausalLM(demo_config(len(tokenizer), small=True))
+    with pytest.raises(ValueError, match="head_dim"):
+        wire_motion_circuit(model, tokenizer)
+
+
 def test_owner_centres_follow_the_towers_padded_square():
     """A 96x72 frame is padded to 96x96 (12 rows above): centres map to [-1, 1] of that square."""
     from flash_vstream.data.pretrain import owner_centres, patch_owners

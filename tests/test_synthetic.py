@@ -118,21 +118,45 @@ def test_short_form_replies_with_the_answer_and_rows_train_on_replies():
     assert all(q.reply == q.answer for q in sample.questions if q.form == "short")
 
 
-def test_option_rows_name_the_right_option_and_train_text_only(tmp_path):
+def _objects_and_named(question: str) -> tuple[dict[str, str], str]:
+    """``"purple star, white square.\nWhat colour is the star?..."`` -> ``({"star": "purple", ...}, "star")``."""
+    listed, asked = question.split("\n")[:2]
+    pairs = dict(reversed(p.split()) for p in listed.rstrip(".").split(", "))  # shape -> colour
+    words = asked.rstrip("?.").split()
+    named = next(w for w in words if w in pairs or w in pairs.values())
+    return pairs, named
+
+
+def test_option_rows_name_the_right_option_or_bind_it_in_words_and_train_text_only(tmp_path):
     from flash_vstream.cli import main
     from flash_vstream.train.data import load_samples
 
-    for row in option_rows(seed=3, n=60):
+    rows = option_rows(seed=3, n=60, binding=20)
+    lookups, binds = rows[:60], rows[60:]
+    assert len(binds) == 20 and all(r["id"].startswith("bind-") for r in binds) and "video" not in rows[0]
+    colour_rows = 0
+    for row in lookups:
         question, reply = (c["value"] for c in row["conversations"])
-        first, *options, suffix = question.split("\n")
         option, letter = reply.rsplit(" ", 1)
-        assert first == f"Which option is {option}?" and suffix == "Answer with the option's letter."
-        assert f"{letter}. {option}" in options and "video" not in row
+        *_, suffix = question.split("\n")
+        assert suffix == "Answer with the option's letter." and f"{letter}. {option}" in question.split("\n")
+        if question.startswith("Which option is"):
+            assert question.split("\n")[0] == f"Which option is {option}?"
+        else:  # a colour question under the clip's objects in words: the reply is the named shape's colour
+            pairs, shape = _objects_and_named(question)
+            assert option == pairs[shape]
+            colour_rows += 1
+    assert colour_rows > 0
+    for row in binds:  # short answers: the colour of the named shape, or the shape of the named colour
+        question, reply = (c["value"] for c in row["conversations"])
+        pairs, named = _objects_and_named(question)
+        assert reply == (pairs[named] if named in pairs else next(s for s, c in pairs.items() if c == named))
     path = tmp_path / "options.json"
-    assert main(["make-data", "options", "--out", str(path), "--n", "5", "--seed", "3"]) == 0
+    assert main(["make-data", "options", "--out", str(path), "--n", "5", "--seed", "3", "--binding", "2"]) == 0
     loaded = load_samples(path, media_root=tmp_path, strict=True)
-    assert len(loaded.samples) == 5 and all(not s.media for s in loaded.samples)
+    assert len(loaded.samples) == 7 and all(not s.media for s in loaded.samples)
     assert main(["make-data", "options", "--out", str(path), "--n", "0"]) == 2
+    assert main(["make-data", "options", "--out", str(path), "--binding", "-1"]) == 2
 
 
 def test_choice_answers_are_scored_by_the_letter_said_last():

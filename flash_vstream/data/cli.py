@@ -2,11 +2,13 @@
 
 - ``make-data synthetic --out DIR --n N --seed S [--split train|heldout] [--kinds ...] [--turns T]``: frame
   folders ``DIR/clips/<id>/`` and the LLaVA-style ``DIR/<split>.json`` (``flash-vstream data check`` reads it);
-- ``make-data options --out FILE --n N --seed S``: text-only rows that teach the multiple-choice look-up (each
-  question names an option; the reply is the option and its letter), the demo recipe's first training stage;
+- ``make-data options --out FILE --n N --seed S [--binding M]``: the demo recipe's first training stage, text
+  only: ``N`` rows that teach the multiple-choice look-up (the reply is the option and its letter) and ``M``
+  short colour and shape questions answered from the clip's objects listed in words (binding colour to shape);
 - ``make-data demo-start --out DIR [--seed S] [--pretrain-steps N] [--readout-steps N]``: the demo model's start
   point (random weights, the vision tower pre-trained on per-patch labels, the projector fitted into the decoder's
-  word space, a binding head) and its word tokenizer, where ``configs/train/demo_options.yaml`` starts;
+  word space, a binding head, a motion circuit) and its word tokenizer, where ``configs/train/demo_options.yaml``
+  starts;
 - ``make-data demo-ship --run DIR --out DIR --seed S``: copy a trained demo run into a model folder with its
   ``MANIFEST.json`` (what ``flash_vstream/demo/`` holds).
 """
@@ -45,6 +47,8 @@ def add_make_data_command(sub) -> None:
     options.add_argument("--out", required=True, help="the data file to write (a .json)")
     options.add_argument("--n", type=int, default=4000, help="number of rows (default 4000)")
     options.add_argument("--seed", type=int, default=0, help="seed of the rows (default 0)")
+    options.add_argument("--binding", type=int, default=3000,
+                         help="binding rows added after them (colour and shape questions; default 3000)")
     options.set_defaults(func=run_options)
     start = kinds.add_parser("demo-start", help="the untrained demo model (training start point)")
     start.add_argument("--out", required=True, help="output folder")
@@ -85,8 +89,10 @@ def run_options(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    path = write_option_rows(Path(args.out), seed=args.seed, n=args.n)
-    print(f"wrote {args.n} option look-up rows to {path}")
+    if args.binding < 0:
+        raise ValueError(f"--binding must be >= 0, got {args.binding}")
+    path = write_option_rows(Path(args.out), seed=args.seed, n=args.n, binding=args.binding)
+    print(f"wrote {args.n} option look-up rows and {args.binding} binding rows to {path}")
     return 0
 
 

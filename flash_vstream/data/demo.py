@@ -131,7 +131,8 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
             (:func:`~flash_vstream.data.pretrain.pretrain_vision`, also at the memory's pooled grid); 0: none.
         readout_steps: steps fitting the projector into the decoder's word space after that
             (:func:`~flash_vstream.data.readout.fit_projector`), then the decoder's first layer gets its binding
-            head (:func:`~flash_vstream.data.readout.wire_binding_head`); 0: neither.
+            head (:func:`~flash_vstream.data.readout.wire_binding_head`) and the decoder its motion circuit
+            (:func:`~flash_vstream.data.motion_circuit.wire_motion_circuit`); 0: none of these.
     """
     import torch
 
@@ -151,12 +152,14 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
         losses = pretrain_vision(model, steps=pretrain_steps, seed=seed, pool_size=model.memory.config.spatial_size)
         print(f"vision pre-training: loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f}")
     if readout_steps:
+        from flash_vstream.data.motion_circuit import wire_motion_circuit
         from flash_vstream.data.readout import fit_projector, wire_binding_head
 
         fit = fit_projector(model, tokenizer, seed=seed, steps=readout_steps)
         print("projector in word space: relative mse {mse_end:.3f}, nearest word right on object tokens: colour "
               "{colour:.1%}, shape {shape:.1%}".format(**fit))
         wire_binding_head(model, tokenizer)
+        wire_motion_circuit(model, tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -161,7 +161,7 @@ def fit_projector(model, tokenizer, *, seed: int, steps: int = 400, frames: int 
 # Dimensions of a decoder head where rotary position embedding turns slowest (HF's rotate-half layout pairs
 # dimension i with i + head_dim / 2 at frequency base**(-2i / head_dim)): a match there survives the hundreds of
 # positions between a question's words and the visual tokens.
-def _slow_dims(head_dim: int, count: int) -> list[int]:
+def slow_dims(head_dim: int, count: int) -> list[int]:
     half = head_dim // 2
     pairs = list(range(half - (count + 1) // 2, half))
     return (pairs + [i + half for i in pairs])[:count]
@@ -202,7 +202,7 @@ def wire_binding_head(model, tokenizer, *, gain: float = 2.0, marker_weight: flo
     if head_dim < len(basis) or len(basis) > model.config.text_config.hidden_size:
         raise ValueError(f"the binding head needs head_dim >= {len(basis)} (the decoder's is {head_dim}); "
                          "use the full demo decoder, not the small one")
-    dims = _slow_dims(head_dim, len(basis))
+    dims = slow_dims(head_dim, len(basis))
     for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
         proj.weight[:head_dim] = 0.0
     attention.o_proj.weight[:, :head_dim] = 0.0

@@ -417,32 +417,56 @@ def sample_row(sample: SyntheticSample, media: str) -> dict:
     }
 
 
-def option_rows(seed: int, n: int) -> list[dict]:
-    """``n`` text-only rows that teach the choice form's look-up (:data:`OPTION_QUESTION`, :data:`CHOICE_REPLY`).
+def option_rows(seed: int, n: int, binding: int = 3000) -> list[dict]:
+    """Text-only rows of the demo recipe's first stage: ``n`` look-up rows, then ``binding`` binding rows.
 
-    Each row's question names one of its options; the reply is that option and its letter.
+    **Look-up rows** teach the choice form's look-up (:data:`OPTION_QUESTION`, :data:`CHOICE_REPLY`). A video
+    question's choice reply names the option the clip shows, then its letter; the letter comes from finding that
+    option among the listed ones. Learnt from video questions alone, the look-up waits on knowing the answer, and
+    in the demo recipe's 2,000 steps it was never learnt (the letter stayed one constant). So each row lists a
+    training clip's choice-form options under a question that names the right one, replied to with that option and
+    its letter.
 
-    A video question's choice reply names the option the clip shows, then its letter; the letter comes from finding
-    that option among the listed ones. Learnt from video questions alone, the look-up waits on knowing the answer,
-    and in the demo recipe's 2,000 steps it was never learnt (the letter stayed one constant). These rows teach it
-    first, from text: the options are a training clip's choice-form options, the question names the right one.
+    **Binding rows** keep colour bound to shape. Answered by copying a word of the asked kind from the question,
+    look-up rows alone taught the decoder to name *any* colour the clip shows (every wrong colour answer named
+    another object's). So colour look-up rows instead open with the clip's objects in words ("purple star, white
+    square.") and ask the clip's own question ("What colour is the star?"), and ``binding`` short-answer colour
+    and shape questions about other training clips (seed ``seed + 5``) do the same: text answers them only
+    through the binding.
     """
+    rng = np.random.default_rng(seed)
     rows = []
     for sample in make_samples("train", seed, n, SHORT_KINDS, choice_rate=1.0):
         question = sample.questions[0]
-        text = choice_text(OPTION_QUESTION.format(option=question.option), question.options)
-        rows.append({"id": f"options-{sample.id}", "conversations": [
-            {"from": "human", "value": text}, {"from": "gpt", "value": question.reply}]})
+        if question.kind == "colour":
+            text = _objects_in_words(rng, sample.scene) + question.text
+        else:
+            text = choice_text(OPTION_QUESTION.format(option=question.option), question.options)
+        rows.append(_text_row(f"options-{sample.id}", text, question.reply))
+    if binding:
+        for sample in make_samples("train", seed + 5, binding, ("colour", "shape"), choice_rate=0.0):
+            question = sample.questions[0]
+            rows.append(_text_row(f"bind-{sample.id}", _objects_in_words(rng, sample.scene) + question.text,
+                                  question.reply))
     return rows
 
 
-def write_option_rows(path, *, seed: int = 0, n: int = 4000):
+def _objects_in_words(rng: np.random.Generator, scene: Scene) -> str:
+    """The scene's objects in words, in a random order, on a line of their own (``purple star, white square.``)."""
+    return ", ".join(f"{o.colour} {o.shape}" for o in rng.permutation(list(scene.objects))) + ".\n"
+
+
+def _text_row(row_id: str, question: str, reply: str) -> dict:
+    return {"id": row_id, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": reply}]}
+
+
+def write_option_rows(path, *, seed: int = 0, n: int = 4000, binding: int = 3000):
     """Write :func:`option_rows` as a LLaVA-style data file at ``path`` (text only: no media root is read)."""
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _write_rows(path, option_rows(seed, n))
+    return _write_rows(path, option_rows(seed, n, binding))
 
 
 def _write_rows(path, rows: list[dict]):
