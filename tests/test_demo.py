@@ -49,6 +49,23 @@ def test_small_demo_recipe_retrains_and_its_loss_falls(tmp_path):
         assert last < 0.75 * first, (name, losses)
 
 
+def test_demo_start_is_built_on_one_thread_and_gives_the_thread_count_back(tmp_path, monkeypatch):
+    """Thread counts reorder float sums; the start point must not depend on the machine's core count."""
+    import torch
+
+    from flash_vstream.data import demo
+
+    seen = []
+    monkeypatch.setattr(demo, "_build_demo_start", lambda *args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        demo.write_demo_start(tmp_path / "start")
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_shipped_weights_match_the_manifest():
     manifest = json.loads((DEMO_DIR / MANIFEST).read_text())
     assert manifest["seed"] == 0

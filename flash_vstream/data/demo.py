@@ -136,10 +136,22 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
     """
     import torch
 
-    from flash_vstream.model.modeling import FlashVStreamForCausalLM
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same weights on any machine's core count: threads reorder float sums
+    try:
+        _build_demo_start(out, seed, small, pretrain_steps, readout_steps)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _build_demo_start(out: Path, seed: int, small: bool, pretrain_steps: int, readout_steps: int) -> None:
+    import torch
+
+    from flash_vstream.model.modeling import FlashVStreamForCausalLM
+
     tokenizer = build_demo_tokenizer()
     torch.manual_seed(seed)
     model = FlashVStreamForCausalLM(demo_config(len(tokenizer), small=small))
@@ -162,7 +174,6 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
         wire_motion_circuit(model, tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return out
 
 
 def _rescale_projector(projector) -> None:
