@@ -127,7 +127,8 @@ def test_accuracy_counts_each_form_within_its_kind():
 
 ATTRIBUTES_MISSED = (
     "the shipped demo model is below the attribute target: motion is near chance (see docs/demo.md for the measured "
-    "figures); retrain with a recipe that teaches it and ship again"
+    "figures; its 'Next' section has a motion circuit that is not stable enough to ship yet); retrain with a recipe "
+    "that teaches it and ship again"
 )
 
 
@@ -262,6 +263,14 @@ def test_motion_circuit_reads_which_way_the_named_object_moves():
             assert MOTION_WORDS[int(top.indices[0])] == motion, (motion, logits)
         lead[motion] = float(top.values[0] - top.values[1])
     assert lead["static"] < 0.5 * min(v for k, v in lead.items() if k != "static"), lead
+
+
+def test_demo_start_refuses_a_motion_circuit_without_the_word_space(tmp_path, capsys):
+    from flash_vstream.cli import main
+
+    args = ["make-data", "demo-start", "--out", str(tmp_path / "s"), "--readout-steps", "0", "--motion-circuit"]
+    assert main(args) == 2
+    assert "--readout-steps" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
 def test_motion_circuit_refuses_a_decoder_too_narrow_for_it():

@@ -147,6 +147,8 @@ def test_option_rows_name_the_right_option_or_bind_it_in_words_and_train_text_on
             assert option == pairs[shape]
             colour_rows += 1
     assert colour_rows > 0
+    plain = option_rows(seed=3, n=60)  # the shipped recipe's rows: every question names its option
+    assert len(plain) == 60 and all(r["conversations"][0]["value"].startswith("Which option is") for r in plain)
     for row in binds:  # short answers: the colour of the named shape, or the shape of the named colour
         question, reply = (c["value"] for c in row["conversations"])
         pairs, named = _objects_and_named(question)

@@ -3,12 +3,12 @@
 - ``make-data synthetic --out DIR --n N --seed S [--split train|heldout] [--kinds ...] [--turns T]``: frame
   folders ``DIR/clips/<id>/`` and the LLaVA-style ``DIR/<split>.json`` (``flash-vstream data check`` reads it);
 - ``make-data options --out FILE --n N --seed S [--binding M]``: the demo recipe's first training stage, text
-  only: ``N`` rows that teach the multiple-choice look-up (the reply is the option and its letter) and ``M``
-  short colour and shape questions answered from the clip's objects listed in words (binding colour to shape);
-- ``make-data demo-start --out DIR [--seed S] [--pretrain-steps N] [--readout-steps N]``: the demo model's start
-  point (random weights, the vision tower pre-trained on per-patch labels, the projector fitted into the decoder's
-  word space, a binding head, a motion circuit) and its word tokenizer, where ``configs/train/demo_options.yaml``
-  starts;
+  only: ``N`` rows that teach the multiple-choice look-up (the reply is the option and its letter), and with
+  ``M > 0`` ``M`` short colour and shape questions answered from the clip's objects listed in words;
+- ``make-data demo-start --out DIR [--seed S] [--pretrain-steps N] [--readout-steps N] [--motion-circuit]``: the
+  demo model's start point (random weights, the vision tower pre-trained on per-patch labels, the projector
+  fitted into the decoder's word space, a binding head, optionally a motion circuit) and its word tokenizer,
+  where ``configs/train/demo_options.yaml`` starts;
 - ``make-data demo-ship --run DIR --out DIR --seed S``: copy a trained demo run into a model folder with its
   ``MANIFEST.json`` (what ``flash_vstream/demo/`` holds).
 """
@@ -47,8 +47,9 @@ def add_make_data_command(sub) -> None:
     options.add_argument("--out", required=True, help="the data file to write (a .json)")
     options.add_argument("--n", type=int, default=4000, help="number of rows (default 4000)")
     options.add_argument("--seed", type=int, default=0, help="seed of the rows (default 0)")
-    options.add_argument("--binding", type=int, default=3000,
-                         help="binding rows added after them (colour and shape questions; default 3000)")
+    options.add_argument("--binding", type=int, default=0,
+                         help="binding rows added after them (colour and shape questions under the clip's objects "
+                              "in words; colour look-up rows then list the objects too); default 0")
     options.set_defaults(func=run_options)
     start = kinds.add_parser("demo-start", help="the untrained demo model (training start point)")
     start.add_argument("--out", required=True, help="output folder")
@@ -57,6 +58,8 @@ def add_make_data_command(sub) -> None:
                        help="steps of vision-tower pre-training on per-patch colour/shape labels (default 3000)")
     start.add_argument("--readout-steps", type=int, default=600,
                        help="steps fitting the projector into the decoder's word space (default 600; 0: none)")
+    start.add_argument("--motion-circuit", action="store_true",
+                       help="also wire the decoder's motion circuit (docs/demo.md; not in the shipped recipe)")
     start.set_defaults(func=run_demo_start)
     ship = kinds.add_parser("demo-ship", help="package a trained demo run with its manifest")
     ship.add_argument("--run", required=True, help="the training run folder (training.output_dir)")
@@ -99,8 +102,10 @@ def run_options(args: argparse.Namespace) -> int:
 def run_demo_start(args: argparse.Namespace) -> int:
     from flash_vstream.data.demo import write_demo_start
 
+    if args.motion_circuit and not args.readout_steps:
+        raise ValueError("--motion-circuit needs --readout-steps > 0: it reads the projector's word space")
     out = write_demo_start(Path(args.out), seed=args.seed, pretrain_steps=args.pretrain_steps,
-                           readout_steps=args.readout_steps)
+                           readout_steps=args.readout_steps, motion_circuit=args.motion_circuit)
     print(f"wrote the untrained demo model to {out}")
     return 0
 

@@ -120,7 +120,7 @@ def demo_config(vocab_size: int, small: bool = False):
 
 
 def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretrain_steps: int = 0,
-                     readout_steps: int = 0) -> Path:
+                     readout_steps: int = 0, motion_circuit: bool = False) -> Path:
     """Write the demo model's training start point (seeded random weights) and its tokenizer.
 
     Args:
@@ -131,8 +131,9 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
             (:func:`~flash_vstream.data.pretrain.pretrain_vision`, also at the memory's pooled grid); 0: none.
         readout_steps: steps fitting the projector into the decoder's word space after that
             (:func:`~flash_vstream.data.readout.fit_projector`), then the decoder's first layer gets its binding
-            head (:func:`~flash_vstream.data.readout.wire_binding_head`) and the decoder its motion circuit
-            (:func:`~flash_vstream.data.motion_circuit.wire_motion_circuit`); 0: none of these.
+            head (:func:`~flash_vstream.data.readout.wire_binding_head`); 0: neither.
+        motion_circuit: after that, also wire the decoder's motion circuit
+            (:func:`~flash_vstream.data.motion_circuit.wire_motion_circuit`; not in the shipped recipe).
     """
     import torch
 
@@ -141,13 +142,14 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same weights on any machine's core count: threads reorder float sums
     try:
-        _build_demo_start(out, seed, small, pretrain_steps, readout_steps)
+        _build_demo_start(out, seed, small, pretrain_steps, readout_steps, motion_circuit)
     finally:
         torch.set_num_threads(threads)
     return out
 
 
-def _build_demo_start(out: Path, seed: int, small: bool, pretrain_steps: int, readout_steps: int) -> None:
+def _build_demo_start(out: Path, seed: int, small: bool, pretrain_steps: int, readout_steps: int,
+                      motion_circuit: bool) -> None:
     import torch
 
     from flash_vstream.model.modeling import FlashVStreamForCausalLM
@@ -171,7 +173,8 @@ def _build_demo_start(out: Path, seed: int, small: bool, pretrain_steps: int, re
         print("projector in word space: relative mse {mse_end:.3f}, nearest word right on object tokens: colour "
               "{colour:.1%}, shape {shape:.1%}".format(**fit))
         wire_binding_head(model, tokenizer)
-        wire_motion_circuit(model, tokenizer)
+        if motion_circuit:
+            wire_motion_circuit(model, tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

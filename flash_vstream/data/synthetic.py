@@ -417,7 +417,7 @@ def sample_row(sample: SyntheticSample, media: str) -> dict:
     }
 
 
-def option_rows(seed: int, n: int, binding: int = 3000) -> list[dict]:
+def option_rows(seed: int, n: int, binding: int = 0) -> list[dict]:
     """Text-only rows of the demo recipe's first stage: ``n`` look-up rows, then ``binding`` binding rows.
 
     **Look-up rows** teach the choice form's look-up (:data:`OPTION_QUESTION`, :data:`CHOICE_REPLY`). A video
@@ -427,18 +427,18 @@ def option_rows(seed: int, n: int, binding: int = 3000) -> list[dict]:
     training clip's choice-form options under a question that names the right one, replied to with that option and
     its letter.
 
-    **Binding rows** keep colour bound to shape. Answered by copying a word of the asked kind from the question,
-    look-up rows alone taught the decoder to name *any* colour the clip shows (every wrong colour answer named
-    another object's). So colour look-up rows instead open with the clip's objects in words ("purple star, white
-    square.") and ask the clip's own question ("What colour is the star?"), and ``binding`` short-answer colour
-    and shape questions about other training clips (seed ``seed + 5``) do the same: text answers them only
-    through the binding.
+    **Binding rows** (``binding > 0``; not in the shipped recipe) keep colour bound to shape. Answered by copying a
+    word of the asked kind from the question, look-up rows alone taught the decoder to name *any* colour the clip
+    shows (every wrong colour answer named another object's). So colour look-up rows then open with the clip's
+    objects in words ("purple star, white square.") and ask the clip's own question ("What colour is the
+    star?"), and ``binding`` short-answer colour and shape questions about other training clips (seed
+    ``seed + 5``) do the same: text answers them only through the binding.
     """
     rng = np.random.default_rng(seed)
     rows = []
     for sample in make_samples("train", seed, n, SHORT_KINDS, choice_rate=1.0):
         question = sample.questions[0]
-        if question.kind == "colour":
+        if binding and question.kind == "colour":
             text = _objects_in_words(rng, sample.scene) + question.text
         else:
             text = choice_text(OPTION_QUESTION.format(option=question.option), question.options)
@@ -460,7 +460,7 @@ def _text_row(row_id: str, question: str, reply: str) -> dict:
     return {"id": row_id, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": reply}]}
 
 
-def write_option_rows(path, *, seed: int = 0, n: int = 4000, binding: int = 3000):
+def write_option_rows(path, *, seed: int = 0, n: int = 4000, binding: int = 0):
     """Write :func:`option_rows` as a LLaVA-style data file at ``path`` (text only: no media root is read)."""
     from pathlib import Path
 
