@@ -31,18 +31,12 @@ import numpy as np
 import torch
 
 from flash_vstream.data.pretrain import COLOUR_IDS, SHAPE_IDS
-from flash_vstream.data.readout import position_axes, slow_dims, word_rows
+from flash_vstream.data.readout import orthonormal_rows, position_axes, slow_dims, word_rows
 
 MOTION_WORDS = ("left", "right", "up", "down", "static")
 QUESTION_WORDS = ("move", "moves", "Which", "way", "does", "the", "?", "direction", "moving", "What", "is", "in",
                   "going", "Where", "object", "<|user|>", "<|end|>", "go", "goes", "heading", "travel", "travels")
 """Words of the motion questions (and the template) whose own embeddings the motion directions avoid."""
-
-
-def orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
-    """``(k, h)`` -> ``(k, h)``: an orthonormal basis, row ``i`` within the span of ``rows[: i + 1]`` and along it."""
-    basis = torch.linalg.qr(rows.T).Q.T
-    return basis * torch.sign((basis * rows).sum(1, keepdim=True))
 
 
 def _object_basis(embedding: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:

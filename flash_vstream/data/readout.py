@@ -158,6 +158,12 @@ def fit_projector(model, tokenizer, *, seed: int, steps: int = 400, frames: int 
     return {"mse_start": losses[0], "mse_end": mse, "colour": colour, "shape": shape}
 
 
+def orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``(k, h)`` -> ``(k, h)``: an orthonormal basis, row ``i`` within the span of ``rows[: i + 1]`` and along it."""
+    basis = torch.linalg.qr(rows.T).Q.T
+    return basis * torch.sign((basis * rows).sum(1, keepdim=True))
+
+
 # Dimensions of a decoder head where rotary position embedding turns slowest (HF's rotate-half layout pairs
 # dimension i with i + head_dim / 2 at frequency base**(-2i / head_dim)): a match there survives the hundreds of
 # positions between a question's words and the visual tokens.
@@ -192,8 +198,7 @@ def wire_binding_head(model, tokenizer, *, gain: float = 2.0, marker_weight: flo
     embedding = model.get_input_embeddings().weight
     words = word_rows(tokenizer, (*COLOUR_IDS, *SHAPE_IDS))
     rows = torch.cat([embedding[words], embedding[tokenizer.pad_token_id][None]])  # (11, h)
-    basis = torch.linalg.qr(rows.T).Q.T  # (11, h) orthonormal, basis[i] within span(rows[: i + 1])
-    basis = basis * torch.sign((basis * rows).sum(1, keepdim=True))  # each row points along its word
+    basis = orthonormal_rows(rows)  # (11, h)
     word_basis, marker = basis[:-1], basis[-1]
     attention = model.language_model.model.layers[0].self_attn
     head_dim = attention.head_dim
