@@ -159,9 +159,8 @@ def test_ask_falls_back_to_the_demo_model_and_says_so(capsys):
     assert captured.out.strip() in ("red", "green", "blue", "yellow", "white", "purple")
 
 
-def test_binding_head_sends_a_word_to_the_visual_token_that_shows_it():
-    """The wired first-layer head: "circle" attends to the red-circle token (not to itself, the blue star or the
-    background) and copies "red" into its position."""
+def _wired_random_demo_model():
+    """The full-size demo model, seeded random, its input embeddings at the start's std, with the binding head."""
     import torch
 
     from flash_vstream.data.demo import build_demo_tokenizer, demo_config
@@ -175,6 +174,15 @@ def test_binding_head_sends_a_word_to_the_visual_token_that_shows_it():
     with torch.no_grad():
         model.get_input_embeddings().weight.normal_(0.0, 0.5)
     wire_binding_head(model, tokenizer)
+    return model, tokenizer
+
+
+def test_binding_head_sends_a_word_to_the_visual_token_that_shows_it():
+    """The wired first-layer head: "circle" attends to the red-circle token (not to itself, the blue star or the
+    background) and copies "red" into its position."""
+    import torch
+
+    model, tokenizer = _wired_random_demo_model()
     embedding = model.get_input_embeddings().weight.detach()
 
     def word(name):
@@ -226,8 +234,8 @@ def _motion_clip(model, tokenizer, motion: str, frames: int = 8):
         tokens = [marker] * 16  # half-covered object tokens, as the projector writes them
         cell = int((y + 1) / 2 * 3.99) * 4 + int((x + 1) / 2 * 3.99)  # on the 4 x 4 grid; [-1, 1] coordinates
         tokens[cell] = 0.5 * (word("yellow") + word("star") + torch.tensor([x, y]) @ axes) + marker
-        tokens[10] = 0.5 * (word("blue") + word("circle") + torch.tensor([0.3, 0.3]) @ axes) + marker  # the star
-        # only ever visits cells 5, 6 and 9
+        # the circle's cell 10 is never the star's: the star only visits cells 5, 6 and 9
+        tokens[10] = 0.5 * (word("blue") + word("circle") + torch.tensor([0.3, 0.3]) @ axes) + marker
         return tokens
 
     clip = [frame(t) for t in range(frames)]
@@ -241,17 +249,9 @@ def test_motion_circuit_reads_which_way_the_named_object_moves():
     star moved first among the four moving words, by a margin a static star does not give any of them."""
     import torch
 
-    from flash_vstream.data.demo import build_demo_tokenizer, demo_config
     from flash_vstream.data.motion_circuit import MOTION_WORDS, wire_motion_circuit
-    from flash_vstream.data.readout import wire_binding_head
-    from flash_vstream.model.modeling import FlashVStreamForCausalLM
 
-    tokenizer = build_demo_tokenizer()
-    torch.manual_seed(0)
-    model = FlashVStreamForCausalLM(demo_config(len(tokenizer))).eval()
-    with torch.no_grad():
-        model.get_input_embeddings().weight.normal_(0.0, 0.5)
-    wire_binding_head(model, tokenizer)
+    model, tokenizer = _wired_random_demo_model()
     wire_motion_circuit(model, tokenizer)
     moving = [tokenizer.convert_tokens_to_ids(w) for w in MOTION_WORDS[:4]]
     lead = {}  # how far the best moving word is ahead of the next

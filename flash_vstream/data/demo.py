@@ -166,7 +166,6 @@ def _build_demo_start(out: Path, seed: int, small: bool, pretrain_steps: int, re
         losses = pretrain_vision(model, steps=pretrain_steps, seed=seed, pool_size=model.memory.config.spatial_size)
         print(f"vision pre-training: loss {losses[0]:.3f} -> {sum(losses[-10:]) / len(losses[-10:]):.3f}")
     if readout_steps:
-        from flash_vstream.data.motion_circuit import wire_motion_circuit
         from flash_vstream.data.readout import fit_projector, wire_binding_head
 
         fit = fit_projector(model, tokenizer, seed=seed, steps=readout_steps)
@@ -174,6 +173,8 @@ def _build_demo_start(out: Path, seed: int, small: bool, pretrain_steps: int, re
               "{colour:.1%}, shape {shape:.1%}".format(**fit))
         wire_binding_head(model, tokenizer)
         if motion_circuit:
+            from flash_vstream.data.motion_circuit import wire_motion_circuit
+
             wire_motion_circuit(model, tokenizer)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

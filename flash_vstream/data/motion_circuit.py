@@ -31,20 +31,12 @@ import numpy as np
 import torch
 
 from flash_vstream.data.pretrain import COLOUR_IDS, SHAPE_IDS
-from flash_vstream.data.readout import orthonormal_rows, position_axes, slow_dims, word_rows
+from flash_vstream.data.readout import object_basis, orthonormal_rows, position_axes, slow_dims, word_rows
 
 MOTION_WORDS = ("left", "right", "up", "down", "static")
 QUESTION_WORDS = ("move", "moves", "Which", "way", "does", "the", "?", "direction", "moving", "What", "is", "in",
                   "going", "Where", "object", "<|user|>", "<|end|>", "go", "goes", "heading", "travel", "travels")
 """Words of the motion questions (and the template) whose own embeddings the motion directions avoid."""
-
-
-def _object_basis(embedding: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ten colour and shape words and the visual marker, orthonormalised: ``(10, h)`` words, ``(h,)`` marker."""
-    rows = torch.cat([embedding[word_rows(tokenizer, (*COLOUR_IDS, *SHAPE_IDS))],
-                      embedding[tokenizer.pad_token_id][None]])
-    basis = orthonormal_rows(rows)
-    return basis[:-1], basis[-1]
 
 
 def motion_directions(embedding: torch.Tensor, tokenizer) -> torch.Tensor:
@@ -74,13 +66,11 @@ def _clear_head(attention, head: int) -> int:
     return base
 
 
-def _wire_displacement_heads(model, tokenizer, directions: torch.Tensor, *, gain: float, marker_weight: float,
-                             time_gain: float, phase: float, time_pair: int) -> None:
+def _wire_displacement_heads(model, word_basis: torch.Tensor, marker: torch.Tensor, directions: torch.Tensor, *,
+                             gain: float, marker_weight: float, time_gain: float, phase: float, time_pair: int) -> None:
     """Heads 1 (recent, +) and 2 (old, -) of the first layer (module docstring, step 1)."""
-    embedding = model.get_input_embeddings().weight
-    word_basis, marker = _object_basis(embedding, tokenizer)
     rows = torch.cat([word_basis, marker[None]])
-    axes = position_axes(embedding)
+    axes = position_axes(model.get_input_embeddings().weight)
     axes = orthonormal_rows(axes - (axes @ rows.T) @ rows)  # (2, h): where a visual token says x and y
     attention = model.language_model.model.layers[0].self_attn
     head_dim, half = attention.head_dim, attention.head_dim // 2
@@ -109,12 +99,11 @@ def _wire_displacement_heads(model, tokenizer, directions: torch.Tensor, *, gain
             o[:, base + dim] = sign * directions[axis]
 
 
-def _wire_route_head(model, tokenizer, unit: torch.Tensor, *, gain: float, marker_penalty: float) -> None:
+def _wire_route_head(model, tokenizer, word_basis: torch.Tensor, marker: torch.Tensor, unit: torch.Tensor, *,
+                     gain: float, marker_penalty: float) -> None:
     """Head 0 of the second layer (module docstring, step 2)."""
     embedding = model.get_input_embeddings().weight
-    word_basis, marker = _object_basis(embedding, tokenizer)
-    basis = torch.cat([word_basis, marker[None]])
-    reply = _reply_direction(embedding, tokenizer, basis)
+    reply = _reply_direction(embedding, tokenizer, torch.cat([word_basis, marker[None]]))
     shapes = word_basis[len(COLOUR_IDS):].sum(0)
     attention = model.language_model.model.layers[1].self_attn
     head_dim = attention.head_dim
@@ -163,11 +152,12 @@ def wire_motion_circuit(model, tokenizer, *, gain: float = 2.0, marker_weight: f
                          f"{attention.head_dim} and {len(model.language_model.model.layers)}); use the full demo "
                          "decoder, not the small one")
     embedding = model.get_input_embeddings().weight
+    word_basis, marker = object_basis(embedding, tokenizer)
     directions = motion_directions(embedding, tokenizer)
-    _wire_displacement_heads(model, tokenizer, directions, gain=gain, marker_weight=marker_weight,
+    _wire_displacement_heads(model, word_basis, marker, directions, gain=gain, marker_weight=marker_weight,
                              time_gain=time_gain, phase=phase, time_pair=time_pair)
     unit = directions / directions.norm(dim=1, keepdim=True)
-    _wire_route_head(model, tokenizer, unit, gain=route_gain, marker_penalty=route_marker_penalty)
+    _wire_route_head(model, tokenizer, word_basis, marker, unit, gain=route_gain, marker_penalty=route_marker_penalty)
     head = model.language_model.lm_head.weight
     left, right, up, down = word_rows(tokenizer, MOTION_WORDS[:4])
     head[right] += readout * unit[0]

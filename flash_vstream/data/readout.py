@@ -164,6 +164,13 @@ def orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
     return basis * torch.sign((basis * rows).sum(1, keepdim=True))
 
 
+def object_basis(embedding: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ten colour and shape words and the visual marker, orthonormalised: ``(10, h)`` words, ``(h,)`` marker."""
+    words = word_rows(tokenizer, (*COLOUR_IDS, *SHAPE_IDS))
+    basis = orthonormal_rows(torch.cat([embedding[words], embedding[tokenizer.pad_token_id][None]]))
+    return basis[:-1], basis[-1]
+
+
 # Dimensions of a decoder head where rotary position embedding turns slowest (HF's rotate-half layout pairs
 # dimension i with i + head_dim / 2 at frequency base**(-2i / head_dim)): a match there survives the hundreds of
 # positions between a question's words and the visual tokens.
@@ -197,9 +204,8 @@ def wire_binding_head(model, tokenizer, *, gain: float = 2.0, marker_weight: flo
     """
     embedding = model.get_input_embeddings().weight
     words = word_rows(tokenizer, (*COLOUR_IDS, *SHAPE_IDS))
-    rows = torch.cat([embedding[words], embedding[tokenizer.pad_token_id][None]])  # (11, h)
-    basis = orthonormal_rows(rows)  # (11, h)
-    word_basis, marker = basis[:-1], basis[-1]
+    word_basis, marker = object_basis(embedding, tokenizer)
+    basis = torch.cat([word_basis, marker[None]])  # (11, h)
     attention = model.language_model.model.layers[0].self_attn
     head_dim = attention.head_dim
     # a value is about as long as the normed input (sqrt(hidden)); the copy should be out_scale of a word's length
