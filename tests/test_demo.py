@@ -203,6 +203,37 @@ def test_binding_head_sends_a_word_to_the_visual_token_that_shows_it():
     assert colours[int(scores.argmax())] == "red", scores
 
 
+def test_binding_head_binds_every_word_to_a_half_covered_object():
+    """Projected memory tokens carry an object's words at about half a word's length, a hundred positions
+    before the question: every shape word still copies its object's colour, and every colour word its shape,
+    rather than attending to itself or to a second object."""
+    import torch
+
+    model, tokenizer = _wired_random_demo_model()
+    embedding = model.get_input_embeddings().weight.detach()
+
+    def word(name):
+        return embedding[tokenizer.convert_tokens_to_ids(name)]
+
+    colours, shapes = ["red", "green", "blue", "yellow", "white", "purple"], ["circle", "square", "triangle", "star"]
+    marker = embedding[tokenizer.pad_token_id]
+    wrong = []
+    for i, shape in enumerate(shapes):
+        for j, colour in enumerate(colours):
+            other_shape, other_colour = shapes[(i + 1) % 4], colours[(j + 3) % 6]
+            visual = [marker] * 40 + [0.5 * (word(colour) + word(shape)) + marker] + [marker] * 30
+            visual += [0.5 * (word(other_colour) + word(other_shape)) + marker] + [marker] * 30
+            for asked, kind in ((shape, colours), (colour, shapes)):
+                inputs = torch.stack(visual + [word(w) for w in ("What", "is", "the", asked)])[None]
+                with torch.no_grad():
+                    hidden = model.language_model(inputs_embeds=inputs, output_hidden_states=True).hidden_states[1]
+                copied = hidden[0, -1] - inputs[0, -1]
+                best = kind[int(torch.stack([copied @ word(w) for w in kind]).argmax())]
+                if best != {shape: colour, colour: shape}[asked]:
+                    wrong.append((asked, best))
+    assert not wrong, wrong
+
+
 def test_binding_head_refuses_a_decoder_too_narrow_for_it():
     from flash_vstream.data.demo import build_demo_tokenizer, demo_config
     from flash_vstream.data.readout import wire_binding_head
