@@ -12,7 +12,9 @@ point gets the whole path, and training keeps what it finds useful:
    (head 1) or old ones (head 2); the memory lays frames out oldest first, the newest frame last. Each copies the
    object's position, with opposite signs, so the object word receives "newest minus oldest" along two motion
    directions: ``x`` along ``right - left`` and ``y`` along ``down - up`` (word embeddings), taken off every
-   question word's own embedding so that reading them back out sees the displacement, not the word.
+   question word's own embedding so that reading them back out sees the displacement, not the word. They write
+   at half the directions' length: at full length they drowned out the colour the binding head copies into the
+   same word, and colour answers never recovered in training.
 2. **A route head** (second layer, head 0): the reply's first position (``<|assistant|>``) attends to the
    question's shape words (never to visual tokens) and copies the two motion directions.
 3. **Output rows**: the language model head's rows for right / left / down / up gain plus / minus the two
@@ -67,7 +69,8 @@ def _clear_head(attention, head: int) -> int:
 
 
 def _wire_displacement_heads(model, word_basis: torch.Tensor, marker: torch.Tensor, directions: torch.Tensor, *,
-                             gain: float, marker_weight: float, time_gain: float, phase: float, time_pair: int) -> None:
+                             gain: float, marker_weight: float, time_gain: float, phase: float, time_pair: int,
+                             length: float) -> None:
     """Heads 1 (recent, +) and 2 (old, -) of the first layer (module docstring, step 1)."""
     rows = torch.cat([word_basis, marker[None]])
     axes = position_axes(model.get_input_embeddings().weight)
@@ -96,7 +99,7 @@ def _wire_displacement_heads(model, word_basis: torch.Tensor, marker: torch.Tens
         used = {*match_dims, time_pair, time_pair + half, head_dim - 1}
         for axis, dim in enumerate([d for d in range(head_dim) if d not in used][:2]):
             v[base + dim] = axes[axis]
-            o[:, base + dim] = sign * directions[axis]
+            o[:, base + dim] = sign * directions[axis] * length
 
 
 def _wire_route_head(model, tokenizer, word_basis: torch.Tensor, marker: torch.Tensor, unit: torch.Tensor, *,
@@ -127,7 +130,8 @@ def _reply_direction(embedding: torch.Tensor, tokenizer, basis: torch.Tensor) ->
 @torch.no_grad()
 def wire_motion_circuit(model, tokenizer, *, gain: float = 2.0, marker_weight: float = 2.0, time_gain: float = 20.0,
                         phase: float = 0.3, time_pair: int = 9, route_gain: float = 1.0,
-                        route_marker_penalty: float = 2.0, readout: float = 4.0) -> None:
+                        route_marker_penalty: float = 2.0, displacement_length: float = 0.5,
+                        readout: float = 8.0) -> None:
     """Wire the motion circuit (module docstring) into a demo start point; nothing is frozen.
 
     Args:
@@ -141,6 +145,10 @@ def wire_motion_circuit(model, tokenizer, *, gain: float = 2.0, marker_weight: f
         time_pair: the rotary pair that carries it (turning fast enough to tell frames apart).
         route_gain: scale of the route head's query and key.
         route_marker_penalty: how far the route head's keys avoid visual tokens.
+        displacement_length: length of what each displacement head writes, as a share of the motion directions'
+            length. At 1 the two heads write more into the object word than the binding head does (norms about
+            4.2 each, and 2.3 summed, against 1.4), and colour answers after training fell to 62-68% (from
+            97-100% without the circuit); at 0.5 they were 93%.
         readout: weight of the motion directions in the output rows of the four moving words.
 
     Raises:
@@ -155,7 +163,7 @@ def wire_motion_circuit(model, tokenizer, *, gain: float = 2.0, marker_weight: f
     word_basis, marker = object_basis(embedding, tokenizer)
     directions = motion_directions(embedding, tokenizer)
     _wire_displacement_heads(model, word_basis, marker, directions, gain=gain, marker_weight=marker_weight,
-                             time_gain=time_gain, phase=phase, time_pair=time_pair)
+                             time_gain=time_gain, phase=phase, time_pair=time_pair, length=displacement_length)
     unit = directions / directions.norm(dim=1, keepdim=True)
     _wire_route_head(model, tokenizer, word_basis, marker, unit, gain=route_gain, marker_penalty=route_marker_penalty)
     head = model.language_model.lm_head.weight
