@@ -59,7 +59,7 @@ def add_make_data_command(sub) -> None:
     start.add_argument("--readout-steps", type=int, default=600,
                        help="steps fitting the projector into the decoder's word space (default 600; 0: none)")
     start.add_argument("--motion-circuit", action="store_true",
-                       help="also wire the decoder's motion circuit (docs/demo.md; not in the shipped recipe)")
+                       help="also wire the decoder's motion circuit (docs/demo.md; the shipped recipe uses it)")
     start.set_defaults(func=run_demo_start)
     ship = kinds.add_parser("demo-ship", help="package a trained demo run with its manifest")
     ship.add_argument("--run", required=True, help="the training run folder (training.output_dir)")
