@@ -97,7 +97,7 @@ class ModelSpec:
         return resolve_checkpoint(self.name_or_path)
 
     def identity(self, device: torch.device) -> dict[str, Any]:
-        """What makes predictions this model's: folder, ``config.json`` hash, family, options, effective dtype.
+        """What makes predictions this model's: folder, ``config.json`` hash, weights, family, options, dtype.
 
         The options are checked against the checkpoint's family here, before a run records them, so a typo
         fails at once instead of after ``run_config.json`` is written.
@@ -129,6 +129,7 @@ class ModelSpec:
         return {
             "resolved": str(path.resolve()),
             "config_sha256": hashlib.sha256((path / "config.json").read_bytes()).hexdigest(),
+            "weights": weights_fingerprint(path),
             "family": found.name,
             "options": dict(sorted(options.items())),
             "dtype": str(resolve_dtype(self.dtype, device, checkpoint=path)).removeprefix("torch."),
@@ -155,6 +156,25 @@ def rank_device(flag: str | None, dist: DistInfo) -> torch.device:
     if flag is None or flag == "auto" or (flag == "cuda" and dist.device.type == "cuda"):
         return dist.device
     return resolve_device(flag)
+
+
+def weights_fingerprint(path: Path, edge: int = 1 << 20) -> str:
+    """A sha256 over each weight file's name, size, first and last ``edge`` bytes (``*.safetensors``, ``*.bin``).
+
+    A model retrained into the same folder keeps its ``config.json``, so the config hash alone would let a run
+    folder resume with another model's predictions; hashing whole 7B checkpoints on every run would cost a
+    minute. Any retraining changes the first megabyte (the first tensors' values).
+    """
+    digest = hashlib.sha256()
+    for file in sorted([*path.glob("*.safetensors"), *path.glob("*.bin")]):
+        size = file.stat().st_size
+        digest.update(f"{file.name}\0{size}\0".encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(edge))
+            if size > edge:
+                handle.seek(max(size - edge, edge))
+                digest.update(handle.read())
+    return digest.hexdigest()
 
 
 def model_identity(model: Any, device: torch.device) -> dict[str, Any]:

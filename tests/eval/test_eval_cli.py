@@ -30,6 +30,7 @@ from evalfixtures import (
 )
 
 from flash_vstream.cli import main
+from flash_vstream_eval.model_api import weights_fingerprint
 
 KEY = "sk-test-SECRET-0123456789"
 JUDGE_ENV = ("FLASH_VSTREAM_JUDGE_BASE_URL", "OPENAI_BASE_URL", "FLASH_VSTREAM_JUDGE_MODEL",
@@ -325,6 +326,7 @@ def test_run_tiny_flash_with_model_flags_resumes_and_refuses_another_model(tmp_p
     assert config["model"] == {
         "resolved": str(tiny_flash.resolve()),
         "config_sha256": hashlib.sha256((tiny_flash / "config.json").read_bytes()).hexdigest(),
+        "weights": weights_fingerprint(tiny_flash),
         "family": "flash",
         "options": {"rope_mode": "reference"},
         "dtype": "float32",

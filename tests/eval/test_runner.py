@@ -36,7 +36,7 @@ from evalfixtures import (
 )
 
 from flash_vstream.distributed import DistInfo
-from flash_vstream_eval.model_api import ModelSpec, rank_device
+from flash_vstream_eval.model_api import ModelSpec, rank_device, weights_fingerprint
 from flash_vstream_eval.run_folder import RunFolderError
 from flash_vstream_eval.runner import run_benchmark
 
@@ -257,12 +257,34 @@ def test_run_config_records_the_model_identity(tmp_path, tiny_video):
     assert config["model"] == {
         "resolved": str(ckpt.resolve()),
         "config_sha256": hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest(),
+        "weights": weights_fingerprint(ckpt),
         "family": "flash",
         "options": {"rope_mode": "reference"},
         "dtype": "float16",
     }
     assert config["model_given"] == str(ckpt) and config["max_new_tokens"] == 7 and config["profile"] == "flash-vstream"
     assert config["limit"] == 4 and config["data_root"] == str(root.resolve())
+
+
+def test_rerun_with_retrained_weights_in_the_same_folder_is_refused(tmp_path, tiny_video):
+    """A model retrained into the same folder keeps its config.json; its predictions are not the old ones."""
+    root = mlvu_flash(tmp_path / "data", tiny_video)
+    ckpt = fake_checkpoint(tmp_path / "a")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * 8192)  # 2 MiB: the fingerprint reads both ends
+    run_benchmark("mlvu", RecordingSpec(str(ckpt)), root, tmp_path / "out", progress=False,
+                  dist=DistInfo(0, 0, 1, CPU))
+    for offset in (10, weights.stat().st_size - 10):  # a value near the start, then near the end, changed
+        data = bytearray(weights.read_bytes())
+        data[offset] ^= 1
+        weights.write_bytes(bytes(data))
+        with pytest.raises(RunFolderError, match=r"model.weights"):
+            run_benchmark("mlvu", RecordingSpec(str(ckpt)), root, tmp_path / "out", progress=False)
+        data[offset] ^= 1
+        weights.write_bytes(bytes(data))
+    spec = RecordingSpec(str(ckpt))  # restored: resumes, nothing asked again
+    run_benchmark("mlvu", spec, root, tmp_path / "out", progress=False, dist=DistInfo(0, 0, 1, CPU))
+    assert spec.devices == []
 
 
 def test_rerun_with_another_model_is_refused_then_overwrite_starts_fresh(tmp_path, tiny_video, monkeypatch):
