@@ -133,7 +133,7 @@ def write_demo_start(out: str | Path, seed: int = 0, small: bool = False, pretra
             (:func:`~flash_vstream.data.readout.fit_projector`), then the decoder's first layer gets its binding
             head (:func:`~flash_vstream.data.readout.wire_binding_head`); 0: neither.
         motion_circuit: after that, also wire the decoder's motion circuit
-            (:func:`~flash_vstream.data.motion_circuit.wire_motion_circuit`; not in the shipped recipe).
+            (:func:`~flash_vstream.data.motion_circuit.wire_motion_circuit`; the shipped recipe wires it).
     """
     import torch
 

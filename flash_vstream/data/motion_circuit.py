@@ -33,7 +33,14 @@ import numpy as np
 import torch
 
 from flash_vstream.data.pretrain import COLOUR_IDS, SHAPE_IDS
-from flash_vstream.data.readout import object_basis, orthonormal_rows, position_axes, slow_dims, word_rows
+from flash_vstream.data.readout import (
+    object_basis,
+    orthonormal_rows,
+    position_axes,
+    slow_dims,
+    wire_word_match,
+    word_rows,
+)
 
 MOTION_WORDS = ("left", "right", "up", "down", "static")
 QUESTION_WORDS = ("move", "moves", "Which", "way", "does", "the", "?", "direction", "moving", "What", "is", "in",
@@ -85,11 +92,9 @@ def _wire_displacement_heads(model, word_basis: torch.Tensor, marker: torch.Tens
     for sign, head in ((1.0, 1), (-1.0, 2)):
         base = _clear_head(attention, head)
         q, k, v, o = (p.weight for p in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj))
-        for dim, vector in zip(match_dims[:-1], word_basis, strict=True):
-            q[base + dim] = gain * vector
-            k[base + dim] = gain * vector
-        q[base + match_dims[-1]] = gain * marker_weight * word_basis.sum(0)
-        k[base + match_dims[-1]] = gain * marker
+        # the sum of the words' coordinates, not the binding head's per-word length (the weights were tuned so)
+        wire_word_match(attention, base, match_dims, word_basis, marker, word_basis.sum(0), gain=gain,
+                        marker_weight=marker_weight)
         q[base + time_pair] = sign * amplitude * np.cos(phase) * any_word * 5.66
         q[base + time_pair + half] = sign * amplitude * np.sin(phase) * any_word * 5.66
         k[base + time_pair] = amplitude * marker * 5.66

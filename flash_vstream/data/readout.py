@@ -186,6 +186,23 @@ def _word_length_functional(words: torch.Tensor, basis: torch.Tensor) -> torch.T
     return torch.linalg.solve(coordinates, words.norm(dim=1)) @ basis
 
 
+def wire_word_match(attention, base: int, dims: list[int], word_basis: torch.Tensor, marker: torch.Tensor,
+                    marker_query: torch.Tensor, *, gain: float, marker_weight: float) -> None:
+    """A head's queries and keys that send a colour or shape word to the visual tokens containing it.
+
+    Dimension ``dims[i]`` of the head starting at row ``base`` matches word ``i`` of ``word_basis`` with itself;
+    ``dims[-1]`` gives a word's query ``marker_weight * marker_query`` against every key's marker, so a visual
+    token outscores the word itself. The binding head (:func:`wire_binding_head`) and the motion circuit's
+    displacement heads use it.
+    """
+    q, k = attention.q_proj.weight, attention.k_proj.weight
+    for dim, vector in zip(dims[:-1], word_basis, strict=True):
+        q[base + dim] = gain * vector
+        k[base + dim] = gain * vector
+    q[base + dims[-1]] = gain * marker_weight * marker_query
+    k[base + dims[-1]] = gain * marker
+
+
 @torch.no_grad()
 def wire_binding_head(model, tokenizer, *, gain: float = 2.0, marker_weight: float = 1.0,
                       out_scale: float = 0.5) -> None:
@@ -230,11 +247,9 @@ def wire_binding_head(model, tokenizer, *, gain: float = 2.0, marker_weight: flo
     for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
         proj.weight[:head_dim] = 0.0
     attention.o_proj.weight[:, :head_dim] = 0.0
+    marker_query = _word_length_functional(embedding[words], word_basis)
+    wire_word_match(attention, 0, dims, word_basis, marker, marker_query, gain=gain, marker_weight=marker_weight)
     for dim, vector in zip(dims[:-1], word_basis, strict=True):
-        attention.q_proj.weight[dim] = gain * vector
-        attention.k_proj.weight[dim] = gain * vector
         attention.v_proj.weight[dim] = vector
         attention.o_proj.weight[:, dim] = out_scale * vector
-    attention.q_proj.weight[dims[-1]] = gain * marker_weight * _word_length_functional(embedding[words], word_basis)
-    attention.k_proj.weight[dims[-1]] = gain * marker
 
