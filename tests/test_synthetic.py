@@ -13,6 +13,7 @@ from flash_vstream.data.scenes import COLOURS, render, render_frame
 from flash_vstream.data.synthetic import (
     KINDS,
     MAX_INDEX,
+    PHRASINGS,
     SHORT_KINDS,
     SPLITS,
     make_sample,
@@ -182,6 +183,24 @@ def test_needle_is_on_screen_only_for_its_frames():
         shown = len(object_pixels(render_frame(scene, t), needle.colour)) > 0
         assert shown == (start <= t < start + 3), t
     assert sample.questions[0].answer in (needle.colour, needle.shape) or sample.questions[0].form == "choice"
+
+
+def test_a_needle_question_names_the_needle_by_one_attribute_and_asks_the_other():
+    seen = set()
+    for index in range(40):
+        sample = make_sample("heldout", 3, index, ("needle",), needle_frames=(20, 40), choice_rate=0.0)
+        needle, others = sample.scene.objects[0], sample.scene.objects[1:]
+        question = sample.questions[0]
+        if question.answer == needle.colour:  # named by its shape, which no other object of the scene has
+            key, template = needle.shape, PHRASINGS["colour"]
+            assert needle.shape not in {o.shape for o in others}
+        else:
+            assert question.answer == needle.shape
+            key, template = needle.colour, PHRASINGS["shape"]
+            assert needle.colour not in {o.colour for o in others}
+        assert question.text in {t.format(shape=key, colour=key) for t in template}
+        seen.add(template is PHRASINGS["colour"])
+    assert seen == {True, False}
 
 
 def test_written_data_loads_for_training(tmp_path):

@@ -12,8 +12,9 @@ kind         question (several phrasings each)                          answer
 ``count``    "How many objects are there?"                              1, 2, 3, 4
 ``order``    "Which appeared first, the red circle or the blue star?"   the object's name ("red circle")
 ``event``    "What happens to the red circle?"                          appears, leaves, changes colour, flashes
-``needle``   asked at the end of a 100-10,000-frame stream about a      its colour or its shape
-             shape seen for a few frames at a random time
+``needle``   "What colour is the star?", asked after a stream of          its colour or its shape
+             100-10,000 frames in which the star was seen for 3
+             frames at a random time
 ===========  ==============================================================================================
 
 Each question also has a multiple-choice form (options ``A.``-``D.``, answered by the option then its letter,
@@ -97,17 +98,12 @@ PHRASINGS = {
         "What does the {name} do?",
         "Which event happens to the {name}?",
     ),
-    "needle_colour": (
-        "What colour was the shape that appeared briefly?",
-        "A shape appeared for a moment. What colour was it?",
-        "Which colour had the shape that showed up for a moment?",
-    ),
-    "needle_shape": (
-        "Which shape appeared for a moment?",
-        "A shape appeared briefly. What shape was it?",
-        "What was the shape that showed up for a moment?",
-    ),
 }
+# A needle question names the needle by its shape (or its colour) and asks its colour (or its shape), the way a
+# needle-in-a-haystack test names its key and asks its value, in the short clips' own phrasings: a wrong answer
+# then means the memory lost the needle, not that the model met a phrasing it was never taught.
+PHRASINGS["needle_colour"] = PHRASINGS["colour"]
+PHRASINGS["needle_shape"] = PHRASINGS["shape"]
 
 
 @dataclass(frozen=True)
@@ -314,7 +310,7 @@ def make_question(rng: np.random.Generator, kind: str, scene: Scene, form: str) 
         answer, pool = EVENT_ANSWERS[pick.events[0].kind], list(EVENT_ANSWERS.values())
     elif kind in ("needle_colour", "needle_shape"):
         needle = objects[0]
-        text = str(rng.choice(PHRASINGS[kind]))
+        text = str(rng.choice(PHRASINGS[kind])).format(shape=needle.shape, colour=needle.colour)
         answer, pool = (needle.colour, list(COLOURS)) if kind == "needle_colour" else (needle.shape, list(SHAPES))
         kind = "needle"
     else:

@@ -81,6 +81,17 @@ def test_eval_run_writes_predictions_and_a_score_and_resumes(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["accuracy"] == cells
 
 
+def test_star_memory_remembers_a_needle_the_fifo_window_has_lost(tmp_path):
+    """The benchmark's finding, held by the shipped model: 200 frames on, STAR still answers, FIFO guesses."""
+    out = tmp_path / "run"
+    assert main(["eval", "run", "--benchmark", "synth-memory", "--out", str(out), "--n", "12", "--distances", "200",
+                 "--memories", "star,fifo", "--choice-rate", "0", "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    right = {m: sum(said_right(r) for r in records if r["memory"] == m) for m in ("star", "fifo")}
+    assert not any(r["needle_held"] for r in records if r["memory"] == "fifo")
+    assert right["star"] >= 7 and right["fifo"] <= 3, right  # measured: 9 and 0 of 12
+
+
 def test_plot_is_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     from flash_vstream_eval.synth_memory_report import write_plot
