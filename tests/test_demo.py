@@ -78,6 +78,15 @@ def test_shipped_weights_match_the_manifest():
     assert sum((DEMO_DIR / name).stat().st_size for name in manifest["files"]) <= 25 * 2**20
 
 
+def test_the_recipe_builds_the_shipped_tokenizer():
+    """``demo-start`` builds its tokenizer from the generator's words: a changed phrasing must not change them, or
+    the recipe re-run trains another model than the one shipped."""
+    from flash_vstream.data.demo import build_demo_tokenizer
+
+    shipped = json.loads((DEMO_DIR / "tokenizer.json").read_text())["model"]["vocab"]
+    assert build_demo_tokenizer().get_vocab() == shipped
+
+
 @pytest.fixture(scope="module")
 def demo():
     from flash_vstream.data.demo import demo_model_dir

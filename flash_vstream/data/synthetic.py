@@ -104,6 +104,16 @@ PHRASINGS = {
 # then means the memory lost the needle, not that the model met a phrasing it was never taught.
 PHRASINGS["needle_colour"] = PHRASINGS["colour"]
 PHRASINGS["needle_shape"] = PHRASINGS["shape"]
+TOKENIZER_EXTRA = (
+    "What colour was the shape that appeared briefly?",
+    "A shape appeared for a moment. What colour was it?",
+    "Which colour had the shape that showed up for a moment?",
+    "Which shape appeared for a moment?",
+    "A shape appeared briefly. What shape was it?",
+    "What was the shape that showed up for a moment?",
+)
+"""Unnamed needle questions, the generator's first form. They stay in the demo tokenizer's corpus so that its
+recipe re-run writes the shipped tokenizer (its word list) again; the model answers them poorly (docs/demo.md)."""
 
 
 @dataclass(frozen=True)
@@ -386,7 +396,7 @@ def vocabulary() -> list[str]:
         for phrasing in phrasings:
             texts.append(phrasing.format(shape=" ".join(SHAPES), colour=" ".join(COLOURS), name=" ".join(names),
                                          a=" ".join(names), b="x"))
-    texts += [*COLOURS, *SHAPES, *MOTIONS, *names]
+    texts += [*TOKENIZER_EXTRA, *COLOURS, *SHAPES, *MOTIONS, *names]
     return texts
 
 
