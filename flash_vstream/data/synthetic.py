@@ -12,7 +12,7 @@ kind         question (several phrasings each)                          answer
 ``count``    "How many objects are there?"                              1, 2, 3, 4
 ``order``    "Which appeared first, the red circle or the blue star?"   the object's name ("red circle")
 ``event``    "What happens to the red circle?"                          appears, leaves, changes colour, flashes
-``needle``   "What colour is the star?", asked after a stream of          its colour or its shape
+``needle``   "What colour is the star?", asked after a stream of        its colour or its shape
              100-10,000 frames in which the star was seen for 3
              frames at a random time
 ===========  ==============================================================================================
