@@ -99,11 +99,6 @@ PHRASINGS = {
         "Which event happens to the {name}?",
     ),
 }
-# A needle question names the needle by its shape (or its colour) and asks its colour (or its shape), the way a
-# needle-in-a-haystack test names its key and asks its value, in the short clips' own phrasings: a wrong answer
-# then means the memory lost the needle, not that the model met a phrasing it was never taught.
-PHRASINGS["needle_colour"] = PHRASINGS["colour"]
-PHRASINGS["needle_shape"] = PHRASINGS["shape"]
 TOKENIZER_EXTRA = (
     "What colour was the shape that appeared briefly?",
     "A shape appeared for a moment. What colour was it?",
@@ -290,7 +285,12 @@ def make_question(rng: np.random.Generator, kind: str, scene: Scene, form: str) 
             fewer than two appearance times, an event question without an event).
     """
     objects = scene.objects
-    pick = objects[int(rng.integers(len(objects)))]
+    pick, label = objects[int(rng.integers(len(objects)))], kind
+    if kind in ("needle_colour", "needle_shape"):
+        # The needle (the first object) is asked the short clips' colour or shape question, named by its shape or
+        # colour as a needle-in-a-haystack test names its key: a wrong answer then means the memory lost the
+        # needle, not that the model met a phrasing it was never taught.
+        pick, kind, label = objects[0], kind.removeprefix("needle_"), "needle"
     if kind == "colour":
         text, answer, pool = rng.choice(PHRASINGS[kind]).format(shape=pick.shape), pick.colour, list(COLOURS)
     elif kind == "shape":
@@ -318,19 +318,14 @@ def make_question(rng: np.random.Generator, kind: str, scene: Scene, form: str) 
         pick = with_event[0]
         text = rng.choice(PHRASINGS[kind]).format(name=pick.name)
         answer, pool = EVENT_ANSWERS[pick.events[0].kind], list(EVENT_ANSWERS.values())
-    elif kind in ("needle_colour", "needle_shape"):
-        needle = objects[0]
-        text = str(rng.choice(PHRASINGS[kind])).format(shape=needle.shape, colour=needle.colour)
-        answer, pool = (needle.colour, list(COLOURS)) if kind == "needle_colour" else (needle.shape, list(SHAPES))
-        kind = "needle"
     else:
         raise ValueError(f"question kind {kind!r} is not one of {KINDS}")
     if form == "short":
-        return Question(kind, form, str(text), answer)
+        return Question(label, form, str(text), answer)
     if form != "choice":
         raise ValueError(f"form {form!r} is not one of {FORMS}")
     text, letter, options = _choice(rng, str(text), answer, pool)
-    return Question(kind, form, text, letter, options)
+    return Question(label, form, text, letter, options)
 
 
 def questions_for(scene_kind: str) -> tuple[str, ...]:
